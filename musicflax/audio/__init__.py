@@ -1,0 +1,1 @@
+"""Notes <-> piano-roll <-> pretty_midi, the additive synthesizer, and plots."""

@@ -1,0 +1,1 @@
+"""MusicNet files -> notes/audio -> TFDS examples -> windows -> tf.data batches (numpy out)."""

@@ -1,0 +1,1 @@
+"""Flax modules: VQ-VAE encoder/decoder, quantizers, losses, prior. Pure JAX."""

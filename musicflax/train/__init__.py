@@ -1,0 +1,1 @@
+"""The one training loop both stages share: mesh, state, steps, checkpoints, logging."""
