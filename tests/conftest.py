@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny hand-made folders in the real MusicNet layout, and small configs."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+# Tests shard over 8 fake CPU devices; this must be set before JAX starts.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy.io import wavfile  # noqa: E402
+
+HEADER = "start_time,end_time,instrument,note,start_beat,end_beat,note_value"
+METADATA = ["id", "composer", "composition", "movement", "ensemble", "source", "transcriber",
+            "catalog_name", "seconds"]
+
+# (id, folder, composer, ensemble): ids from the official lists so each split is non-empty
+# under the "musicnet" scheme (1733 is a validation id, 1759 an official test id).
+TINY = [(1727, "train", "Schubert", "Solo Piano"), (1728, "train", "Bach", "String Quartet"),
+        (1733, "train", "Mozart", "Solo Piano"), (1759, "test", "Schubert", "Solo Piano")]
+
+
+def note_rows(rec_id: int, seconds: float = 12.0) -> list[str]:
+    """A simple deterministic melody: one note every 0.5 s, pitch depending on the id."""
+    rows = []
+    instrument = 1 if rec_id % 2 else 41
+    for i in range(int(seconds * 2) - 1):
+        start, end = int(i * 0.5 * 44100), int((i * 0.5 + 0.4) * 44100)
+        rows.append(f"{start},{end},{instrument},{48 + (rec_id + i) % 24},{i}.0,0.8,Quarter")
+    return rows
+
+
+def write_musicnet(root: Path, recordings=TINY, with_audio: bool = True,
+                   rows_for=note_rows, seconds: float = 12.0) -> Path:
+    """Writes a MusicNet-layout folder (labels, metadata, 44.1 kHz float32 WAVs)."""
+    base = root / "musicnet"
+    with open(root / "musicnet_metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(METADATA)
+        for rec_id, _, composer, ensemble in recordings:
+            w.writerow([rec_id, composer, "Piece, with a comma", "1. Allegro", ensemble,
+                        "test", "test", "Op 1", int(seconds)])
+    for rec_id, folder, _, _ in recordings:
+        (base / f"{folder}_labels").mkdir(parents=True, exist_ok=True)
+        (base / f"{folder}_labels" / f"{rec_id}.csv").write_text(
+            "\n".join([HEADER, *rows_for(rec_id)]) + "\n")
+        if with_audio:
+            (base / f"{folder}_data").mkdir(parents=True, exist_ok=True)
+            t = np.arange(int(seconds * 44100)) / 44100
+            wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+            wavfile.write(base / f"{folder}_data" / f"{rec_id}.wav", 44100, wave)
+    return root
+
+
+@pytest.fixture
+def tiny_musicnet(tmp_path) -> Path:
+    return write_musicnet(tmp_path / "source")
