@@ -8,6 +8,8 @@ everything for a smoke run: --config=configs/default.py:runlocal
 
 import ml_collections
 
+from musicflax.models import vqvae
+
 
 def data_config() -> ml_collections.ConfigDict:
     """Where windows come from and what they look like."""
@@ -36,9 +38,36 @@ def data_config() -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.task = "vqvae"
     config.seed = 0
-    config.batch_size = 64  # global, across all processes
+    config.batch_size = 32           # global, across all processes and devices
+    config.num_train_steps = 2000
     config.data = data_config()
+
+    config.model = vqvae.default_model_config()
+    config.model.update(width=96, res_depth=3, levels=1, downs_t=(2,), strides_t=(2,))
+    config.model.quantizer.update(codebook_size=256, code_dim=32, init="kmeans")
+    config.model.loss.onset_weight = 1.0
+
+    config.optim = ml_collections.ConfigDict(dict(
+        learning_rate=2e-3, warmup_steps=100, end_lr_factor=0.05, grad_clip=1.0,
+        b1=0.9, b2=0.99, weight_decay=0.0))
+
+    config.mesh = ml_collections.ConfigDict(dict(model=1))  # model-axis size; data = the rest
+    config.param_sharding = "replicated"  # or 'fsdp' (params + optimizer split over data)
+    config.distributed = ml_collections.ConfigDict(dict(
+        enabled=False, coordinator="", num_processes=0, process_id=-1))
+
+    config.log_every = 25
+    config.eval_every = 250
+    config.checkpoint_every = 250
+    config.keep_checkpoints = 3
+    config.image_every = 250
+
     if arg == "runlocal":
+        config.num_train_steps = 20
         config.batch_size = 8
+        config.log_every = config.eval_every = config.checkpoint_every = 10
+        config.image_every = 10
+        config.model.update(width=32, res_depth=1)
     return config

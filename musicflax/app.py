@@ -1,0 +1,39 @@
+"""What every entry point shares: absl start-up, quiet TensorFlow, one-line errors.
+
+Known user errors (a bad file, a bad config value) print one line naming the problem and
+exit with status 2, instead of a traceback from deep inside TensorFlow or JAX.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing workdir, mismatched checkpoint)."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from musicflax.data.musicnet import MusicNetFormatError  # pylint: disable=g-import-not-at-top
+    return (UserError, MusicNetFormatError, FileNotFoundError, NotADirectoryError)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """absl.app.run(main), turning user errors into `error: ...` and exit status 2."""
+    def guarded(argv):
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        try:
+            import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+            tfds.disable_progress_bar()
+            main(argv)
+        except _user_errors() as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    app.run(guarded)

@@ -1,0 +1,58 @@
+"""Orbax checkpoints: async saves, the last K kept plus the best by a validation metric.
+
+A checkpoint is the whole TrainState (params, optimizer, model state such as the codebook,
+RNG, step); the data position follows from the step. Restoring goes through an abstract
+target carrying the current mesh's shardings, so a run saved on 8 devices resumes on 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+def create_manager(directory: epath.PathLike, save_every: int, keep: int,
+                   best_metric: str | None = None, best_mode: str = "min",
+                   async_save: bool = True) -> ocp.CheckpointManager:
+    """The manager for a run's checkpoint folder.
+
+    Periodic saves (every `save_every` steps) and preemption saves are decided by Orbax;
+    the trainer forces a save at the end of a run and when it is told to stop.
+    """
+    preserve = [policies.LatestN(keep)]
+    if best_metric:
+        sign = 1.0 if best_mode == "max" else -1.0
+        preserve.append(policies.BestN(get_metric_fn=lambda m: sign * float(m[best_metric]), n=1,
+                                       keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        # A policy of our own replaces Orbax's default one: keep its preemption part.
+        save_decision_policy=policies.AnySavePolicy([
+            policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]),
+        preservation_policy=policies.AnyPreservationPolicy(preserve),
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(epath.Path(directory), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         metrics: dict[str, float] | None = None, force: bool = False) -> bool:
+    return manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):
+    """The state at `step` (default: latest), laid out as `abstract_state` says; None if none."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        return None
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def abstract_like(state_shape: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings (what restore lays data out as)."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        state_shape, shardings)
