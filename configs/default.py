@@ -53,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         learning_rate=2e-3, warmup_steps=100, end_lr_factor=0.05, grad_clip=1.0,
         b1=0.9, b2=0.99, weight_decay=0.0))
 
-    config.mesh = ml_collections.ConfigDict(dict(model=1))  # model-axis size; data = the rest
+    # Mesh over the first num_devices devices (0 = all): model axis, data axis = the rest.
+    config.mesh = ml_collections.ConfigDict(dict(num_devices=0, model=1))
     config.param_sharding = "replicated"  # or 'fsdp' (params + optimizer split over data)
     config.distributed = ml_collections.ConfigDict(dict(
         enabled=False, coordinator="", num_processes=0, process_id=-1))

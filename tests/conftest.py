@@ -37,6 +37,7 @@ def note_rows(rec_id: int, seconds: float = 12.0) -> list[str]:
 def write_musicnet(root: Path, recordings=TINY, with_audio: bool = True,
                    rows_for=note_rows, seconds: float = 12.0) -> Path:
     """Writes a MusicNet-layout folder (labels, metadata, 44.1 kHz float32 WAVs)."""
+    root.mkdir(parents=True, exist_ok=True)
     base = root / "musicnet"
     with open(root / "musicnet_metadata.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -156,7 +156,7 @@ def test_tfds_build_offline_with_audio(tiny_musicnet, tmp_path):
 
 
 def test_cli_reports_a_bad_row_in_one_line_and_writes_nothing(tmp_path):
-    root = conftest.write_musicnet(tmp_path / "src", with_audio=False)
+    root = conftest.write_musicnet(tmp_path / "src")
     bad = root / "musicnet/train_labels/1728.csv"
     bad.write_text(bad.read_text() + "0,10,1,200,0,1,Quarter\n")
     proc = subprocess.run(

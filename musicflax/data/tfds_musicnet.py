@@ -11,7 +11,6 @@ leaves a half-written dataset behind.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,13 @@ _NOTE_FEATURES = {
 
 @dataclasses.dataclass
 class MusicNetConfig(tfds.core.BuilderConfig):
-    """sample_rate 0 means labels only; otherwise audio resampled to it (stored as PCM16)."""
+    """sample_rate 0 means labels only; otherwise audio resampled to it (stored as PCM16).
 
-    sample_set: bool = True
+    synthesized_audio marks a source in MusicNet layout without WAVs, like the shipped
+    sample set, whose audio is rendered from its labels.
+    """
+
+    synthesized_audio: bool = True
     sample_rate: int = 0
     split_scheme: str = "musicnet"
     on_bad_row: str = "error"
@@ -38,15 +41,15 @@ class MusicNetConfig(tfds.core.BuilderConfig):
     downmix: bool = False
 
 
-def make_config(sample_set: bool, sample_rate: int = 0, split_scheme: str = "musicnet",
+def make_config(synthesized_audio: bool, sample_rate: int = 0, split_scheme: str = "musicnet",
                 on_bad_row: str = "error", accept_any_rate: bool = False,
                 downmix: bool = False) -> MusicNetConfig:
-    """A config named after everything that changes the data, e.g. 'sample_audio16000_mt3'."""
-    name = ("sample_" if sample_set else "") + (f"audio{sample_rate}" if sample_rate else "labels")
+    """A config named after everything that changes the data, e.g. 'synth_audio16000_mt3'."""
+    name = ("synth_" if synthesized_audio else "") + (f"audio{sample_rate}" if sample_rate else "labels")
     name += "".join(f"_{flag}" for flag, on in (
         (split_scheme, split_scheme != "musicnet"), ("skipbadrows", on_bad_row == "skip"),
         ("anyrate", accept_any_rate), ("downmix", downmix)) if on)
-    return MusicNetConfig(name=name, sample_set=sample_set, sample_rate=sample_rate,
+    return MusicNetConfig(name=name, synthesized_audio=synthesized_audio, sample_rate=sample_rate,
                           split_scheme=split_scheme, on_bad_row=on_bad_row,
                           accept_any_rate=accept_any_rate, downmix=downmix)
 
@@ -61,10 +64,10 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
     and either extract the archive or leave it as is; pass the folder holding them as the
     manual dir (musicflax: --config.data.source=/path/to/folder). The folders
     {train,test}_{data,labels} are found at any depth. The shipped sample set
-    (config names starting with 'sample_') needs no download.
+    (musicflax's default source; config names starting with 'synth_') needs no download.
     """
-    BUILDER_CONFIGS = [make_config(sample, rate, scheme)
-                       for sample in (True, False) for rate in (0, 16000)
+    BUILDER_CONFIGS = [make_config(synth, rate, scheme)
+                       for synth in (True, False) for rate in (0, 16000)
                        for scheme in splits.SCHEMES]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -89,19 +92,13 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
-    def _source_root(self, dl_manager) -> Path:
-        if self.builder_config.sample_set:
-            return musicnet.SHIPPED_SAMPLE_SET
-        return Path(os.fspath(dl_manager.manual_dir))
-
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
-        layout, report = musicnet.scan(self._source_root(dl_manager), cfg.on_bad_row)
-        if cfg.sample_set != layout.synthesized_audio:
+        layout, report = musicnet.scan(dl_manager.manual_dir, cfg.on_bad_row)
+        if cfg.synthesized_audio != layout.synthesized_audio:
             raise musicnet.MusicNetFormatError(
-                layout.root, "is " + ("not " if cfg.sample_set else "") + "a musicflax sample "
-                "set; use a config whose name " + ("starts" if layout.synthesized_audio
-                                                   else "does not start") + " with 'sample_'")
+                layout.root, f"synthesized_audio={layout.synthesized_audio} but the builder "
+                f"config {cfg.name!r} says {cfg.synthesized_audio}")
         by_split = splits.assign(report.recordings, cfg.split_scheme, layout.sample_set)
         for name, recs in by_split.items():
             if not recs:
@@ -139,17 +136,26 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
     def _audio(self, rec: musicnet.Recording, notes: musicnet.Notes) -> np.ndarray:
         cfg = self.builder_config
         if rec.audio_path is None:
+            # The metadata's length (whole seconds) keeps the tail after the last note.
             return synth.synthesize(notes.start_time / musicnet.LABEL_RATE,
                                     notes.end_time / musicnet.LABEL_RATE, notes.note,
-                                    notes.instrument, cfg.sample_rate)
+                                    notes.instrument, cfg.sample_rate,
+                                    duration=float(rec.metadata.get("seconds") or 0))
         return musicnet.read_audio(rec.audio_path, cfg.sample_rate, cfg.accept_any_rate,
                                    cfg.downmix)
 
 
+def source_root(source: str) -> Path:
+    """'sample' means the shipped sample set; anything else is a path to MusicNet."""
+    return musicnet.SHIPPED_SAMPLE_SET if source == "sample" else Path(source).expanduser()
+
+
 def get_builder(source: str, sample_rate: int = 0, split_scheme: str = "musicnet",
                 data_dir: str | None = None, **options) -> MusicNet:
-    """The builder for a source: 'sample' (the shipped set) or a path to real MusicNet."""
-    config = make_config(source == "sample", sample_rate, split_scheme, **options)
+    """The builder for a source folder; its config name says how the data was made."""
+    root = source_root(source)
+    synthesized = root.is_dir() and (root / musicnet.SAMPLE_SET_MARKER).exists()
+    config = make_config(synthesized, sample_rate, split_scheme, **options)
     # TFDS accepts a config object only if its name is not a predefined one.
     predefined = {c.name for c in MusicNet.BUILDER_CONFIGS}
     return MusicNet(config=config.name if config.name in predefined else config,
@@ -158,6 +164,6 @@ def get_builder(source: str, sample_rate: int = 0, split_scheme: str = "musicnet
 
 def prepare(builder: MusicNet, source: str) -> None:
     """Builds the dataset unless it is already there (offline: never asks a server)."""
-    manual_dir = None if builder.builder_config.sample_set else Path(source).expanduser()
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+    config = tfds.download.DownloadConfig(manual_dir=source_root(source),
+                                          try_download_gcs=False)
     builder.download_and_prepare(download_config=config)

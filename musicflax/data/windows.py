@@ -1,9 +1,9 @@
 """Windows over one split held in memory: the window table, and batch assembly in TF ops.
 
 A split is kept as note events (frames, channel) plus, for audio configs, one PCM16 array of
-all its audio. Piano-rolls are painted per batch from the events (a +1/-1 scatter and a
-cumulative sum over time) rather than stored densely, so memory grows with the number of
-notes, not with hours x channels, and the work runs in TF's threads outside the GIL.
+all its audio. Piano-rolls are painted per batch from the events (one scatter of each
+note's frames) rather than stored densely, so memory grows with the number of notes, not
+with hours x channels, and the work runs in TF's threads outside the GIL.
 
 Channel layout of a piano-roll: `group * 128 + pitch`, groups from `InstrumentGroups`.
 """
@@ -152,16 +152,17 @@ class WindowAssembler:
         keep = (offset > 0) & (onset < window)
         note, row, onset, offset = (tf.boolean_mask(t, keep) for t in (note, row, onset, offset))
         ch = tf.gather(channel, note)
-        on_idx = tf.stack([row, tf.maximum(onset, 0), ch], axis=1)
-        off_idx = tf.stack([row, tf.minimum(offset, window), ch], axis=1)
-        ones = tf.ones_like(row, tf.int32)
-        shape = tf.stack([batch, window + 1, num_channels])
-        delta = tf.scatter_nd(tf.concat([on_idx, off_idx], 0), tf.concat([ones, -ones], 0), shape)
-        roll = tf.cast(tf.cumsum(delta, axis=1)[:, :window] > 0, tf.uint8)
+        # Paint each note's frames directly: ~notes x length cells, far fewer than B*T*C.
+        frames = tf.ragged.range(tf.maximum(onset, 0), tf.minimum(offset, window))
+        owner = frames.value_rowids()
+        cells = tf.stack([tf.gather(row, owner), frames.flat_values, tf.gather(ch, owner)], 1)
+        shape = tf.stack([batch, window, num_channels])
+        zeros = tf.zeros(shape, tf.uint8)
+        roll = tf.tensor_scatter_nd_update(zeros, cells, tf.ones_like(owner, tf.uint8))
         starts_inside = onset >= 0
-        onsets = tf.scatter_nd(tf.boolean_mask(on_idx, starts_inside),
-                               tf.boolean_mask(ones, starts_inside), shape)[:, :window]
-        return roll, tf.cast(tf.minimum(onsets, 1), tf.uint8)
+        heads = tf.stack([row, onset, ch], 1)[starts_inside]
+        onsets = tf.tensor_scatter_nd_update(zeros, heads, tf.ones_like(heads[:, 0], tf.uint8))
+        return roll, onsets
 
     def __call__(self, rec: tf.Tensor, start: tf.Tensor) -> dict[str, tf.Tensor]:
         """The batch for window indices: rec, start (frames) int64 [B]."""

@@ -1,0 +1,156 @@
+"""Training loop: learning, exact resume, sharded == single device, topology change on
+restore, FSQ and VQ, SIGTERM, NaN handling. Tiny models on the shipped sample set."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import default as default_config
+from musicflax.train import checkpoints, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(tfds_dir, steps=6, **overrides):
+    config = default_config.get_config()
+    config.data.tfds_data_dir = tfds_dir
+    config.batch_size = 8
+    config.num_train_steps = steps
+    config.model.update(width=16, res_depth=1)
+    config.model.quantizer.update(codebook_size=32, code_dim=8, kmeans_iters=2)
+    config.optim.warmup_steps = 2
+    config.log_every = 1
+    config.eval_every = config.checkpoint_every = config.image_every = 3
+    config.mesh.num_devices = 1
+    for key, value in overrides.items():
+        target = config
+        *path, leaf = key.split(".")
+        for part in path:
+            target = target[part]
+        target[leaf] = value
+    return config
+
+
+def logged(workdir, tag="train/loss") -> dict[int, float]:
+    """Scalars from the TensorBoard event files the run wrote (step -> value)."""
+    values = {}
+    for path in sorted(Path(workdir).glob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for v in event.summary.value:
+                if v.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(v.tensor))
+    return values
+
+
+def test_a_few_steps_reduce_the_loss(tfds_dir, tmp_path):
+    config = tiny_config(tfds_dir, steps=40, **{"optim.learning_rate": 3e-3})
+    config.eval_every = config.checkpoint_every = config.image_every = 40
+    trainer.train_and_evaluate(config, str(tmp_path))
+    losses = logged(tmp_path)
+    assert len(losses) == 40
+    assert np.mean([losses[s] for s in range(36, 41)]) < 0.7 * np.mean(
+        [losses[s] for s in range(1, 6)])
+    assert (tmp_path / "metrics.json").exists()
+    assert list((tmp_path / "recon").glob("step_*.png"))
+
+
+def test_resume_repeats_the_uninterrupted_run(tfds_dir, tmp_path):
+    trainer.train_and_evaluate(tiny_config(tfds_dir, steps=6), str(tmp_path / "straight"))
+    trainer.train_and_evaluate(tiny_config(tfds_dir, steps=3), str(tmp_path / "resumed"))
+    trainer.train_and_evaluate(tiny_config(tfds_dir, steps=6), str(tmp_path / "resumed"))
+    straight, resumed = logged(tmp_path / "straight"), logged(tmp_path / "resumed")
+    assert sorted(resumed) == list(range(1, 7))
+    np.testing.assert_allclose([resumed[s] for s in range(1, 7)],
+                               [straight[s] for s in range(1, 7)], rtol=1e-6)
+
+
+def test_sharded_step_equals_single_device_and_restores_on_fewer_devices(tfds_dir, tmp_path):
+    assert jax.device_count() == 8
+    one = trainer.train_and_evaluate(tiny_config(tfds_dir, steps=3), str(tmp_path / "one"))
+    eight = trainer.train_and_evaluate(
+        tiny_config(tfds_dir, steps=3, **{"mesh.num_devices": 8}), str(tmp_path / "eight"))
+    np.testing.assert_allclose([logged(tmp_path / "eight")[s] for s in (1, 2, 3)],
+                               [logged(tmp_path / "one")[s] for s in (1, 2, 3)], rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(eight.params), jax.tree.leaves(one.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+    assert len(jax.tree.leaves(eight.params)[0].sharding.device_set) == 8
+    # Saved on 8 devices, resumed on 1: continues where it stopped.
+    resumed = trainer.train_and_evaluate(tiny_config(tfds_dir, steps=5), str(tmp_path / "eight"))
+    assert int(resumed.step) == 5
+    assert len(jax.tree.leaves(resumed.params)[0].sharding.device_set) == 1
+    assert sorted(logged(tmp_path / "eight")) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("quantizer", ["ema_vq", "fsq"])
+def test_vq_and_fsq_both_train(tfds_dir, tmp_path, quantizer):
+    config = tiny_config(tfds_dir, steps=20, **{"model.quantizer.type": quantizer,
+                                                "model.quantizer.fsq_levels": (4, 4, 2),
+                                                "optim.learning_rate": 3e-3})
+    config.eval_every = config.checkpoint_every = config.image_every = 20
+    trainer.train_and_evaluate(config, str(tmp_path))
+    losses = logged(tmp_path)
+    assert np.mean([losses[s] for s in (18, 19, 20)]) < 0.8 * np.mean([losses[s] for s in (1, 2, 3)])
+    assert logged(tmp_path, "validation/level0/usage")[20] > 0.1
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_path):
+    config = tiny_config(tfds_dir, steps=50, **{"optim.learning_rate": 1e30,
+                                                "optim.warmup_steps": 0,
+                                                "optim.grad_clip": 1e30})
+    config.checkpoint_every = 1
+    with pytest.raises(trainer.NonFiniteLossError, match="loss became NaN/inf at step") as e:
+        trainer.train_and_evaluate(config, str(tmp_path))
+    manager = checkpoints.create_manager(tmp_path / "checkpoints", 1, 3)
+    good = manager.latest_step()
+    assert good is not None and f"last good checkpoint is step {good}" in str(e.value)
+    restored = manager.restore(good)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tfds_dir, tmp_path):
+    workdir = tmp_path / "run"
+
+    def command(steps):
+        return [sys.executable, "-m", "musicflax.train", "--config=configs/default.py",
+                f"--workdir={workdir}", f"--config.data.tfds_data_dir={tfds_dir}",
+                f"--config.num_train_steps={steps}", "--config.batch_size=8",
+                "--config.model.width=16", "--config.model.res_depth=1",
+                "--config.model.quantizer.codebook_size=32",
+                "--config.model.quantizer.code_dim=8", "--config.log_every=1",
+                "--config.mesh.num_devices=1"]
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.Popen(command(100000), cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "step 3/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "checkpoint saved" in rest
+    step = checkpoints.create_manager(workdir / "checkpoints", 1, 3).latest_step()
+    assert step is not None and step >= 3
+    resumed = subprocess.run(command(step + 1), cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from step {step}" in resumed.stderr
