@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 250
     config.keep_checkpoints = 3
     config.image_every = 250
+    config.image_windows = 3  # validation windows drawn (original vs reconstruction)
 
     if arg == "runlocal":
         config.num_train_steps = 20

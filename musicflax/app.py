@@ -25,9 +25,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, MusicNetFormatError, FileNotFoundError, NotADirectoryError)
 
 
+class _OwnInfoOnly(logging.Filter):
+    """Keeps musicflax's INFO lines and everyone's warnings (Orbax and TFDS chat at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}musicflax{os.sep}" in record.pathname
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """absl.app.run(main), turning user errors into `error: ...` and exit status 2."""
     def guarded(argv):
+        from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+        absl_logging.set_verbosity(absl_logging.INFO)
+        absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         try:
             import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

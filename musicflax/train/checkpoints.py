@@ -17,7 +17,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 def create_manager(directory: epath.PathLike, save_every: int, keep: int,
                    best_metric: str | None = None, best_mode: str = "min",
-                   async_save: bool = True) -> ocp.CheckpointManager:
+                   async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
     """The manager for a run's checkpoint folder.
 
     Periodic saves (every `save_every` steps) and preemption saves are decided by Orbax;
@@ -34,7 +34,9 @@ def create_manager(directory: epath.PathLike, save_every: int, keep: int,
             policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]),
         preservation_policy=policies.AnyPreservationPolicy(preserve),
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        create=not read_only,
     )
     return ocp.CheckpointManager(epath.Path(directory), options=options)
 

@@ -32,11 +32,12 @@ from clu import metric_writers
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from musicflax import app
 from musicflax.train import checkpoints, sharding
 from musicflax.train.tasks import Task, create_task
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(app.UserError):
     """The loss became NaN/inf; the message says which step and which checkpoint is intact."""
 
 
@@ -117,11 +118,18 @@ def make_eval_step(task: Task) -> Callable:
 # ---------------------------------------------------------------------------- loop helpers
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (single process).
+
+    With several processes, SIGTERM is left to JAX's preemption notifier, which makes every
+    process reach the same sync point (Orbax's `reached_preemption`); a Python handler would
+    replace it and let processes stop at different steps.
+    """
 
     def __init__(self):
         self.received = None
         self._previous = {}
+        if jax.process_count() > 1:
+            return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -163,6 +171,59 @@ def save_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
+# ---------------------------------------------------------------------------- state
+
+def state_layout(config, task: Task, tx, mesh) -> tuple[Callable, Any]:
+    """(init(rng) -> TrainState, the TrainState of shardings) for a task on a mesh."""
+    def init(rng):
+        params, model_state = task.init(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), model_state=model_state, rng=rng)
+
+    shape = jax.eval_shape(init, jax.random.PRNGKey(0))
+    layout = param_shardings(shape, mesh, config.param_sharding)
+    return init, layout.replace(step=sharding.replicated(mesh), rng=sharding.replicated(mesh))
+
+
+def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
+    """The config a run saved in its workdir."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise app.UserError(f"{workdir}: not a musicflax workdir (no config.json)")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_state(workdir: epath.PathLike, step: int | None = None,
+               config: ml_collections.ConfigDict | None = None):
+    """(config, task, state) of a run's checkpoint (latest unless `step`), on local devices.
+
+    The task's data is not loaded until used, so loading a model for sampling is cheap.
+    """
+    workdir = epath.Path(workdir)
+    config = config or load_config(workdir)
+    task = create_task(config, workdir)
+    tx, _ = make_optimizer(config.optim, config.num_train_steps)
+    mesh = sharding.make_mesh(1, jax.local_devices()[:1])
+    init, layout = state_layout(config, task, tx, mesh)
+    if not (workdir / "checkpoints").exists():
+        raise app.UserError(f"{workdir}/checkpoints: no checkpoint folder")
+    manager = checkpoints.create_manager(workdir / "checkpoints", 1, 1, read_only=True)
+    available = manager.all_steps()
+    if not available:
+        raise app.UserError(f"{workdir}/checkpoints: no checkpoint to load")
+    if step is not None and step not in available:
+        raise app.UserError(f"{workdir}/checkpoints: no step {step} (have {list(available)})")
+    abstract = checkpoints.abstract_like(jax.eval_shape(init, jax.random.PRNGKey(0)), layout)
+    try:
+        state = checkpoints.restore(manager, abstract, step)
+    except (ValueError, KeyError, TypeError) as e:
+        raise app.UserError(f"{workdir}/checkpoints: checkpoint does not match the run's "
+                            f"config ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        manager.close()
+    return config, task, state
+
+
 # ---------------------------------------------------------------------------- main loop
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -174,7 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
     # -- mesh and task (model + data) ------------------------------------------------------
-    mesh = sharding.make_mesh(config.mesh.model)
+    devices = jax.devices()[:config.mesh.num_devices or None]
+    mesh = sharding.make_mesh(config.mesh.model, devices)
     task = create_task(config, workdir)
     global_batch = config.batch_size
     if global_batch % mesh.shape[sharding.DATA_AXIS]:
@@ -182,22 +244,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                          f"{mesh.shape[sharding.DATA_AXIS]} data-parallel devices")
     tx, schedule = make_optimizer(config.optim, config.num_train_steps)
 
-    # -- sharded state init ----------------------------------------------------------------
-    def init(rng):
-        params, model_state = task.init(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), model_state=model_state, rng=rng)
-
-    rng = jax.random.PRNGKey(config.seed)
-    state_shape = jax.eval_shape(init, rng)
-    state_sharding = param_shardings(state_shape, mesh, config.param_sharding)
-    state_sharding = state_sharding.replace(step=sharding.replicated(mesh),
-                                            rng=sharding.replicated(mesh))
+    # -- sharded state init, or restore (same workdir = resume) ----------------------------
+    init, state_sharding = state_layout(config, task, tx, mesh)
     manager = checkpoints.create_manager(workdir / "checkpoints", config.checkpoint_every,
                                          config.keep_checkpoints, task.best_metric,
                                          task.best_mode)
-    # -- restore (same workdir = resume) ---------------------------------------------------
-    abstract = checkpoints.abstract_like(state_shape, state_sharding)
+    rng = jax.random.PRNGKey(config.seed)
+    abstract = checkpoints.abstract_like(jax.eval_shape(init, rng), state_sharding)
     state = checkpoints.restore(manager, abstract)
     if state is None:
         state = jax.jit(init, out_shardings=state_sharding)(rng)
@@ -244,7 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 summary["learning_rate"] = float(schedule(step - 1))
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()
                                             if k != "nonfinite"})
-                logging.info(progress.line(step, summary))
+                if is_chief:
+                    logging.info(progress.line(step, summary))
             if step % config.eval_every == 0 or step == config.num_train_steps:
                 last_eval = evaluate(state)
                 writer.write_scalars(step, {f"validation/{k}": v for k, v in last_eval.items()})

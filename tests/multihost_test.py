@@ -1,0 +1,102 @@
+"""Multi-host for real on one machine: two JAX processes on 127.0.0.1 with 4 CPU devices each
+(jax.distributed, gloo collectives) train together, checkpoint, stop, resume, and match one
+process with 8 devices step for step; SIGTERM to one of them stops both at the same step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicflax.train import checkpoints
+from train_test import logged
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(workdir, tfds_dir, steps, extra=()):
+    return [sys.executable, "-m", "musicflax.train", "--config=configs/default.py",
+            f"--workdir={workdir}", f"--config.data.tfds_data_dir={tfds_dir}",
+            f"--config.num_train_steps={steps}", "--config.batch_size=8",
+            "--config.model.width=16", "--config.model.res_depth=1",
+            "--config.model.quantizer.codebook_size=32", "--config.model.quantizer.code_dim=8",
+            "--config.model.quantizer.kmeans_iters=2", "--config.optim.warmup_steps=2",
+            "--config.log_every=1", "--config.eval_every=3", "--config.checkpoint_every=3",
+            "--config.image_every=0", *extra]
+
+
+def env_with_devices(n: int) -> dict:
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def start_pair(workdir, tfds_dir, steps):
+    port = free_port()
+    return [subprocess.Popen(
+        train_command(workdir, tfds_dir, steps, [
+            "--config.distributed.enabled=True",
+            f"--config.distributed.coordinator=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"]),
+        cwd=REPO, env=env_with_devices(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for i in range(2)]
+
+
+def wait_all(procs, timeout=600):
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-4000:]
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    # Build the dataset once, before two processes would race to build it.
+    subprocess.run([sys.executable, "-m", "musicflax.prepare", "--config=configs/default.py",
+                    f"--config.data.tfds_data_dir={path}"], cwd=REPO, check=True,
+                   capture_output=True, timeout=600)
+    return str(path)
+
+
+def test_two_processes_match_one_process_and_resume(tfds_dir, tmp_path):
+    single = subprocess.run(train_command(tmp_path / "single", tfds_dir, 6), cwd=REPO,
+                            env=env_with_devices(8), capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-4000:]
+    pair = tmp_path / "pair"
+    wait_all(start_pair(pair, tfds_dir, 3))            # run, checkpoint at 3, exit
+    assert checkpoints.create_manager(pair / "checkpoints", 3, 3).latest_step() == 3
+    outputs = wait_all(start_pair(pair, tfds_dir, 6))  # resume to 6
+    assert any("resumed from step 3" in out for out in outputs)
+    expected, got = logged(tmp_path / "single"), logged(pair)
+    assert sorted(got) == list(range(1, 7))
+    np.testing.assert_allclose([got[s] for s in range(1, 7)],
+                               [expected[s] for s in range(1, 7)], rtol=2e-5)
+
+
+def test_sigterm_to_one_process_stops_both_with_a_resumable_checkpoint(tfds_dir, tmp_path):
+    workdir = tmp_path / "run"
+    procs = start_pair(workdir, tfds_dir, 100000)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(workdir.glob("events.out.tfevents.*")):
+        time.sleep(1)
+    while time.time() < deadline and max(logged(workdir) or [0]) < 2:
+        time.sleep(1)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = wait_all(procs, timeout=300)
+    step = checkpoints.create_manager(workdir / "checkpoints", 3, 3).latest_step()
+    assert step is not None and step >= 2
+    assert all(f"stopped at step {step}" in out for out in outputs), outputs[0][-2000:]
+    outputs = wait_all(start_pair(workdir, tfds_dir, step + 2))
+    assert any(f"resumed from step {step}" in out for out in outputs)
