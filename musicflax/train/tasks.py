@@ -8,6 +8,7 @@ jit), sums evaluation counts over batches, and hands the loop host batches for a
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from typing import Any, Iterator
 
@@ -17,7 +18,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from musicflax.data import input_pipeline
+from musicflax.audio import plots
+from musicflax.data import input_pipeline, windows
 from musicflax.models import losses, metrics, vqvae
 
 
@@ -83,11 +85,8 @@ class VQVAETask(Task):
         del workdir
         self.config = config
         self.representation = config.data.representation
-        builder = input_pipeline.get_builder(config.data)
-        self.train_windows = input_pipeline.create_windows(config.data, "train", builder=builder)
-        self.val_windows = input_pipeline.create_windows(config.data, "validation",
-                                                         builder=builder)
-        self.num_channels = self.train_windows.groups.num_channels
+        self.groups = windows.InstrumentGroups.parse(config.data.instrument_groups)
+        self.num_channels = self.groups.num_channels
         self.model = vqvae.vqvae_from_config(
             config.model, 2 * self.num_channels if self.representation == "pianoroll" else 1)
         quantizer = config.model.quantizer
@@ -95,16 +94,32 @@ class VQVAETask(Task):
             math.prod(quantizer.fsq_levels)
         self.best_metric = "onset_f1" if self.representation == "pianoroll" else "loss"
         self.best_mode = "max" if self.representation == "pianoroll" else "min"
+        self._image_batch = None
+
+    # Data loads on first use, so that loading a checkpoint to sample from is cheap.
+    @functools.cached_property
+    def builder(self):
+        return input_pipeline.get_builder(self.config.data)
+
+    @functools.cached_property
+    def train_windows(self) -> input_pipeline.Windows:
+        return input_pipeline.create_windows(self.config.data, "train", builder=self.builder)
+
+    @functools.cached_property
+    def val_windows(self) -> input_pipeline.Windows:
+        return input_pipeline.create_windows(self.config.data, "validation",
+                                             builder=self.builder)
 
     # -- model ---------------------------------------------------------------------------
-    def _inputs(self, batch) -> jax.Array:
+    def model_inputs(self, batch) -> jax.Array:
         if self.representation == "pianoroll":
             return jnp.concatenate([batch["inputs"], batch["onsets"]], -1).astype(jnp.float32)
         return batch["inputs"].astype(jnp.float32)
 
     def _example(self) -> jax.Array:
         if self.representation == "pianoroll":
-            return jnp.zeros((1, self.train_windows.window, 2 * self.num_channels))
+            window = input_pipeline.frames_per_window(self.config.data)
+            return jnp.zeros((1, window, 2 * self.num_channels))
         return jnp.zeros((1, int(self.config.data.window_samples), 1))
 
     def init(self, rng):
@@ -118,16 +133,16 @@ class VQVAETask(Task):
         variables = {"params": params, **model_state}
         if train:
             (outputs, aux), updated = self.model.apply(
-                variables, self._inputs(batch), train=True, rngs={"restart": rng},
+                variables, self.model_inputs(batch), train=True, rngs={"restart": rng},
                 mutable=list(model_state))
             return outputs, aux, dict(updated)
-        outputs, aux = self.model.apply(variables, self._inputs(batch), train=False)
+        outputs, aux = self.model.apply(variables, self.model_inputs(batch), train=False)
         return outputs, aux, model_state
 
     def _targets(self, batch) -> dict:
         if self.representation == "pianoroll":
             # The onset emphasis applies to the onset half of the channels.
-            return {"inputs": self._inputs(batch), "onsets": jnp.concatenate(
+            return {"inputs": self.model_inputs(batch), "onsets": jnp.concatenate(
                 [jnp.zeros_like(batch["onsets"]), batch["onsets"]], -1).astype(jnp.float32)}
         return {"inputs": batch["inputs"].astype(jnp.float32)}
 
@@ -170,6 +185,33 @@ class VQVAETask(Task):
             out.update(metrics.f1(sums["frame"], "frame_"))
             out.update(metrics.f1(sums["onset"], "onset_"))
         return out
+
+    # -- images ----------------------------------------------------------------------------
+    def images(self, state, workdir: epath.Path, step: int) -> dict[str, np.ndarray]:
+        """Original vs reconstruction for a few fixed validation windows (PNG + TensorBoard)."""
+        if self._image_batch is None:
+            first = next(iter(self.val_windows.eval_dataset(self.config.image_windows)))
+            self._image_batch = {k: np.asarray(v) for k, v in first.items()}
+            self._reconstruct = jax.jit(lambda p, m, b: self._apply(p, m, b, None, False)[0][0])
+        batch = self._image_batch
+        recon = np.asarray(self._reconstruct(state.params, state.model_state, batch))
+        (workdir / "recon").mkdir(exist_ok=True)
+        images = []
+        for i in range(len(batch["recording_id"])):
+            title = (f"step {step}: recording {batch['recording_id'][i]} at "
+                     f"{batch['start_time'][i]:.1f} s")
+            if self.representation == "pianoroll":
+                probs = jax.nn.sigmoid(recon[i, :, :self.num_channels])
+                images.append(plots.render_roll_comparison(
+                    batch["inputs"][i], np.asarray(probs), self.val_windows.data.frame_rate,
+                    title, self.groups.names))
+            else:
+                images.append(plots.render_spectrogram_comparison(
+                    batch["inputs"][i, :, 0], recon[i, :, 0], self.val_windows.data.sample_rate,
+                    title))
+        stacked = np.concatenate(images, axis=0)
+        plots.save_png(workdir / "recon" / f"step_{step}.png", stacked)
+        return {"reconstruction": stacked[None]}
 
     # -- data ------------------------------------------------------------------------------
     def train_batches(self, start_step: int):
