@@ -41,16 +41,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = "vqvae"
     config.seed = 0
     config.batch_size = 32           # global, across all processes and devices
-    config.num_train_steps = 2000
+    config.num_train_steps = 1500
     config.data = data_config()
 
     config.model = vqvae.default_model_config()
-    config.model.update(width=96, res_depth=3, levels=1, downs_t=(2,), strides_t=(2,))
-    config.model.quantizer.update(codebook_size=256, code_dim=32, init="kmeans")
+    # One level, hop 2 (64 codes per 4.1 s window): 9 bits per 64 ms of four-part music.
+    config.model.update(width=96, res_depth=3, levels=1, downs_t=(1,), strides_t=(2,))
+    config.model.quantizer.update(codebook_size=512, code_dim=64, init="kmeans")
     config.model.loss.onset_weight = 1.0
 
     config.optim = ml_collections.ConfigDict(dict(
-        learning_rate=2e-3, warmup_steps=100, end_lr_factor=0.05, grad_clip=1.0,
+        learning_rate=3e-3, warmup_steps=100, end_lr_factor=0.05, grad_clip=1.0,
         b1=0.9, b2=0.99, weight_decay=0.0))
 
     # Mesh over the first num_devices devices (0 = all): model axis, data axis = the rest.

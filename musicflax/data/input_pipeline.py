@@ -144,41 +144,49 @@ def load_split(cfg: ml_collections.ConfigDict, split: str,
         sample_rate=audio_rate(cfg))
 
 
-class Windows:
-    """One split's windows for a data config: the table, and the tf.data streams over it."""
+class TableStream:
+    """Deterministic tf.data streams over a table of windows (recording, start).
 
-    def __init__(self, cfg: ml_collections.ConfigDict, data: windows.SplitData, train: bool):
-        self.cfg, self.data = cfg, data
-        self.groups = windows.InstrumentGroups.parse(cfg.instrument_groups)
-        self.window = frames_per_window(cfg)
-        self.hop = int(cfg.train_hop_frames if train else cfg.eval_hop_frames or self.window)
-        self.rec, self.start = windows.window_table(data.num_frames, self.window, self.hop)
-        if not len(self.rec):
-            raise ValueError(f"no window of {self.window} frames fits in any recording of the "
-                             "split; use shorter windows")
-        window_samples = int(cfg.window_samples) if cfg.representation == "waveform" else 0
-        self.assemble = windows.WindowAssembler(data, self.groups, self.window,
-                                                cfg.representation, window_samples)
+    Subclasses set the table (`rec`, `start`, `num_frames` per recording, `window`, `hop`)
+    and `assemble(rec, start) -> dict of tensors` for a batch of table rows.
+    """
+
+    rec: np.ndarray
+    start: np.ndarray
+    num_frames: np.ndarray
+    window: int
+    hop: int
+    jitter: bool = False
+    num_threads: int = 0
+    prefetch: int = 0
+
+    def assemble(self, rec: tf.Tensor, start: tf.Tensor) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.rec)
 
+    def _check_table(self, what: str) -> None:
+        if not len(self.rec):
+            raise ValueError(f"no window of {self.window} {what} fits in any recording of the "
+                             "split; use shorter windows")
+
     def _dataset(self, steps: tf.data.Dataset, batch_fn) -> tf.data.Dataset:
         options = tf.data.Options()
         options.deterministic = True
-        if self.cfg.num_threads:
-            options.threading.private_threadpool_size = int(self.cfg.num_threads)
+        if self.num_threads:
+            options.threading.private_threadpool_size = int(self.num_threads)
         return (steps.map(batch_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .prefetch(int(self.cfg.prefetch) or tf.data.AUTOTUNE).with_options(options))
+                .prefetch(int(self.prefetch) or tf.data.AUTOTUNE).with_options(options))
 
     def train_dataset(self, global_batch: int, seed: int, start_step: int = 0,
                       num_steps: int | None = None, shard: Shard = Shard()) -> tf.data.Dataset:
         """Batches for steps start_step, start_step+1, ... (endless unless num_steps)."""
         rows = shard.per_process(global_batch)
         table_rec, table_start = tf.constant(self.rec), tf.constant(self.start)
-        num_frames = tf.constant(self.data.num_frames)
+        num_frames = tf.constant(self.num_frames)
         n = len(self)
-        jitter = bool(self.cfg.jitter) and self.hop > 1
+        jitter = self.jitter and self.hop > 1
 
         def batch_at(step):
             g = step * global_batch + shard.index * rows + tf.range(rows, dtype=tf.int64)
@@ -214,6 +222,48 @@ class Windows:
 
         return self._dataset(tf.data.Dataset.range(self.num_eval_batches(global_batch)),
                              batch_at)
+
+
+class Windows(TableStream):
+    """One split's music windows for a data config (piano-roll or waveform)."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, data: windows.SplitData, train: bool):
+        self.cfg, self.data = cfg, data
+        self.groups = windows.InstrumentGroups.parse(cfg.instrument_groups)
+        self.window = frames_per_window(cfg)
+        self.hop = int(cfg.train_hop_frames if train else cfg.eval_hop_frames or self.window)
+        self.num_frames = data.num_frames
+        self.rec, self.start = windows.window_table(data.num_frames, self.window, self.hop)
+        self._check_table("frames")
+        self.jitter, self.num_threads, self.prefetch = bool(cfg.jitter), cfg.num_threads, cfg.prefetch
+        window_samples = int(cfg.window_samples) if cfg.representation == "waveform" else 0
+        self.assemble = windows.WindowAssembler(data, self.groups, self.window,
+                                                cfg.representation, window_samples)
+
+
+class CodeWindows(TableStream):
+    """Windows of `length` codes over code sequences, for the prior.
+
+    `codeset` has `codes` [total] (all sequences concatenated), `offsets` [R + 1], and per
+    recording `ids`, `composer`, `ensemble` (see musicflax.train.codes.CodeSet).
+    """
+
+    def __init__(self, codeset, length: int, hop: int, train: bool):
+        self.window, self.hop, self.jitter = length, hop, train
+        self.num_frames = np.diff(codeset.offsets)
+        self.rec, self.start = windows.window_table(self.num_frames, length, hop)
+        self._check_table("codes")
+        self._codes = tf.constant(codeset.codes)
+        self._offsets = tf.constant(codeset.offsets)
+        self._per_rec = {k: tf.constant(getattr(codeset, attr)) for k, attr in (
+            ("recording_id", "ids"), ("composer", "composer"), ("ensemble", "ensemble"))}
+
+    def assemble(self, rec: tf.Tensor, start: tf.Tensor) -> dict[str, tf.Tensor]:
+        first = tf.gather(self._offsets, rec) + start
+        idx = first[:, None] + tf.range(self.window, dtype=tf.int64)[None, :]
+        batch = {k: tf.gather(v, rec) for k, v in self._per_rec.items()}
+        batch["codes"] = tf.gather(self._codes, idx)
+        return batch
 
 
 def create_windows(cfg: ml_collections.ConfigDict, split: str, train: bool | None = None,

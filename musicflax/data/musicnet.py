@@ -173,14 +173,17 @@ def find_layout(root: os.PathLike | str) -> Layout:
     return Layout(root, metadata[0], label_dirs, data_dirs, sample_set)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MusicNetFormatError(path, f"cannot read ({e})") from None
+
+
 def read_metadata(path: os.PathLike | str) -> dict[int, dict[str, str]]:
     """Parses musicnet_metadata.csv (quoted commas, CRLF tolerated) into {id: row}."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MusicNetFormatError(path, f"cannot read ({e})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     missing = {"id", "composer", "ensemble"} - set(reader.fieldnames or ())
     if missing:
         raise MusicNetFormatError(path, f"missing columns {sorted(missing)}", line=1)
@@ -220,11 +223,7 @@ def read_labels(path: os.PathLike | str, on_bad_row: str = "error",
                 report: ScanReport | None = None) -> Notes:
     """Reads one label CSV. Bad rows raise, or with on_bad_row='skip' are counted and dropped."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MusicNetFormatError(path, f"cannot read ({e})") from None
-    lines = csv.reader(io.StringIO(text, newline=""))
+    lines = csv.reader(io.StringIO(_read_text(path), newline=""))
     header = next(lines, None)
     if header is None or [h.strip() for h in header[:6]] != list(LABEL_COLUMNS[:6]):
         raise MusicNetFormatError(path, f"header must start with {','.join(LABEL_COLUMNS[:6])}",

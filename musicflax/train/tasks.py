@@ -20,7 +20,8 @@ from etils import epath
 
 from musicflax.audio import plots
 from musicflax.data import input_pipeline, windows
-from musicflax.models import losses, metrics, vqvae
+from musicflax.models import losses, metrics, prior, vqvae
+from musicflax.train import codes
 
 
 class Task(abc.ABC):
@@ -224,7 +225,112 @@ class VQVAETask(Task):
         return input_pipeline.as_numpy(ds)
 
 
-TASKS = {"vqvae": VQVAETask}
+class PriorTask(Task):
+    """Stage two: a transformer prior over one level's codes of a trained VQ-VAE.
+
+    The VQ-VAE's workdir is `config.prior.vqvae_workdir`; its codes are encoded once and
+    cached (musicflax.train.codes). Validation reports bits per code beside the uniform
+    (log2 K) and unigram baselines.
+    """
+
+    best_metric = "bits_per_code"
+    best_mode = "min"
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path):
+        del workdir
+        self.config = config
+        settings = config.prior
+        self.vqvae_step = settings.vqvae_step if settings.vqvae_step >= 0 else None
+        self.train_codes = codes.encode_split(settings.vqvae_workdir, "train", settings.level,
+                                              self.vqvae_step)
+        self.vocab = self.train_codes.vocab
+        self.codes_per_second = self.train_codes.codes_per_second
+        model_config = ml_collections.ConfigDict(config.model.to_dict())
+        model_config.update(vocab_size=self.train_codes.codebook_size,
+                            num_composers=len(self.vocab["composers"]),
+                            num_ensembles=len(self.vocab["ensembles"]))
+        self.model = prior.prior_from_config(model_config)
+        self.length = int(config.model.max_len)
+        self.baselines = codes.baseline_bits(self.train_codes)
+
+    @functools.cached_property
+    def val_codes(self) -> codes.CodeSet:
+        return codes.encode_split(self.config.prior.vqvae_workdir, "validation",
+                                  self.config.prior.level, self.vqvae_step)
+
+    def codesets(self) -> list[codes.CodeSet]:
+        return [self.train_codes, self.val_codes]
+
+    def init(self, rng):
+        tokens = jnp.zeros((1, self.length), jnp.int32)
+        ids = jnp.zeros((1,), jnp.int32)
+        return self.model.init({"params": rng}, tokens, ids, ids, train=False)["params"], {}
+
+    def _logits(self, params, batch, rng, train: bool):
+        rngs = {"dropout": rng} if train else {}
+        return self.model.apply({"params": params}, batch["codes"], batch["composer"],
+                                batch["ensemble"], train=train, rngs=rngs)
+
+    def loss(self, params, model_state, batch, rng, train: bool):
+        logits = self._logits(params, batch, rng, train)
+        loss, parts = prior.prior_loss(logits, batch["codes"])
+        return loss, (parts, model_state)
+
+    def eval_sums(self, params, model_state, batch) -> dict:
+        logits = self._logits(params, batch, None, False)
+        mask = jnp.broadcast_to(batch["mask"][:, None], batch["codes"].shape).astype(jnp.float32)
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["codes"][..., None],
+                                   axis=-1)[..., 0]
+        correct = (jnp.argmax(logits, -1) == batch["codes"]).astype(jnp.float32)
+        return {"nll": jnp.sum(nll * mask), "correct": jnp.sum(correct * mask),
+                "codes": jnp.sum(mask)}
+
+    def finalize_eval(self, sums: dict, model_state) -> dict[str, float]:
+        del model_state
+        count = max(float(sums["codes"]), 1.0)
+        bits = float(sums["nll"]) / count / math.log(2)
+        out = {"bits_per_code": bits, "bits_per_second": bits * self.codes_per_second,
+               "accuracy": float(sums["correct"]) / count, **self.baselines}
+        out["reduction_vs_unigram"] = 1.0 - bits / self.baselines["unigram_bits"]
+        return out
+
+    @functools.cached_property
+    def _streams(self):
+        hop = int(self.config.prior.train_hop)
+        return (input_pipeline.CodeWindows(self.train_codes, self.length, hop, train=True),
+                input_pipeline.CodeWindows(self.val_codes, self.length, self.length,
+                                           train=False))
+
+    def train_batches(self, start_step: int):
+        ds = self._streams[0].train_dataset(self.config.batch_size, self.config.seed,
+                                            start_step, shard=process_shard())
+        return input_pipeline.as_numpy(ds)
+
+    def eval_batches(self):
+        ds = self._streams[1].eval_dataset(self.config.batch_size, shard=process_shard())
+        return input_pipeline.as_numpy(ds)
+
+    @functools.cached_property
+    def vqvae(self):
+        from musicflax.train import trainer  # pylint: disable=g-import-not-at-top
+        return trainer.load_state(self.config.prior.vqvae_workdir, self.vqvae_step)
+
+    def decode(self, code_batch: np.ndarray) -> list[dict]:
+        """Codes [N, L] -> per sample a dict: roll/onsets (piano-roll) or wave (waveform)."""
+        vq_config, vq_task, vq_state = self.vqvae
+        level = self.config.prior.level
+        out = vq_task.model.apply({"params": vq_state.params, **vq_state.model_state},
+                                  jnp.asarray(code_batch), level, method="decode")
+        out = np.asarray(out)
+        if vq_config.data.representation == "pianoroll":
+            roll, onsets = (np.asarray(x, np.uint8) for x in vq_task.predicted_rolls(out))
+            return [{"roll": r, "onsets": o, "frame_rate": vq_config.data.frame_rate,
+                     "group_programs": vq_task.groups.programs,
+                     "group_names": vq_task.groups.names} for r, o in zip(roll, onsets)]
+        return [{"wave": w[:, 0], "sample_rate": vq_config.data.sample_rate} for w in out]
+
+
+TASKS = {"vqvae": VQVAETask, "prior": PriorTask}
 
 
 def create_task(config: ml_collections.ConfigDict, workdir: epath.Path) -> Task:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from typing import Any, Callable
@@ -199,7 +200,7 @@ def load_state(workdir: epath.PathLike, step: int | None = None,
 
     The task's data is not loaded until used, so loading a model for sampling is cheap.
     """
-    workdir = epath.Path(workdir)
+    workdir = absolute(workdir)
     config = config or load_config(workdir)
     task = create_task(config, workdir)
     tx, _ = make_optimizer(config.optim, config.num_train_steps)
@@ -226,9 +227,15 @@ def load_state(workdir: epath.PathLike, step: int | None = None,
 
 # ---------------------------------------------------------------------------- main loop
 
+def absolute(workdir: epath.PathLike) -> epath.Path:
+    """Orbax wants absolute paths; cloud paths (gs://...) already are."""
+    text = os.fspath(workdir)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the configured task in `workdir`; returns the final state."""
-    workdir = epath.Path(workdir)
+    workdir = absolute(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(config, workdir)
     is_chief = jax.process_index() == 0

@@ -1,0 +1,32 @@
+"""Evaluating latents: which evaluators run, and their settings.
+
+    python -m musicflax.eval --config=configs/eval.py --workdir=workdirs/default
+    python -m musicflax.eval --config=configs/eval.py --workdir=workdirs/default \
+        --split=test --config.evals.prior.workdir=workdirs/prior \
+        --config.evals.generated.workdir=workdirs/prior
+
+The VQ-VAE's own config is read from its workdir; this file only configures evaluation.
+Evaluators run in the order listed; drop one with e.g. --config.evals.probes.enabled=False.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.batch_size = 64
+    config.max_train_windows = 4000  # train windows whose latents fit the probes
+    config.evals = ml_collections.ConfigDict(dict(
+        codebook=dict(enabled=True),
+        reconstruction=dict(enabled=True, figures=4),
+        probes=dict(enabled=True, l2=1e-3),
+        latent_space=dict(enabled=True, max_points=2000, interpolation_steps=8),
+        prior=dict(enabled=True, workdir=""),
+        generated=dict(enabled=True, workdir="", num_samples=16, seed=0),
+    ))
+    if arg == "runlocal":
+        config.max_train_windows = 256
+        config.evals.reconstruction.figures = 2
+        config.evals.generated.num_samples = 4
+    return config

@@ -1,0 +1,1 @@
+"""Evaluation building blocks: audio metrics, linear probes, music statistics and figures."""

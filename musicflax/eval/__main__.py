@@ -1,0 +1,88 @@
+"""Reports what a VQ-VAE's latents capture (and how well a prior models them).
+
+    python -m musicflax.eval --config=configs/eval.py --workdir=DIR [--step=N]
+        [--split=validation|test] [--config.evals.prior.workdir=PRIOR_DIR]
+
+Writes DIR/eval/<step>/<split>/report.json, PNG figures beside it, and TensorBoard
+scalars/images in the same folder. Every number is over the whole split.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+from absl import flags, logging
+from clu import metric_writers
+from ml_collections import config_flags
+
+from musicflax import app
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/eval.py", "Eval config.",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The VQ-VAE workdir to evaluate.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def flat_scalars(tree, prefix="") -> dict[str, float]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_scalars(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def main(argv):
+    del argv
+    from musicflax.eval import evaluators  # pylint: disable=g-import-not-at-top
+    from musicflax.train import codes, trainer  # pylint: disable=g-import-not-at-top
+
+    eval_config = _CONFIG.value
+    config, task, state = trainer.load_state(_WORKDIR.value, _STEP.value)
+    if config.task != "vqvae":
+        raise app.UserError(f"{_WORKDIR.value} holds a {config.task!r} run; evaluate the "
+                            "VQ-VAE workdir and pass the prior as --config.evals.prior.workdir")
+    step = int(state.step)
+    out_dir = trainer.absolute(_WORKDIR.value) / "eval" / str(step) / _SPLIT.value
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = evaluators.Context(config, eval_config, task, state, _SPLIT.value, out_dir)
+    try:
+        windows = ctx.windows
+    except ValueError as e:
+        raise app.UserError(f"split {_SPLIT.value!r}: {e}") from None
+    data = config.data
+    report = {
+        "workdir": str(trainer.absolute(_WORKDIR.value)), "step": step, "split": _SPLIT.value,
+        "config_hash": codes.config_hash(config), "seed": eval_config.seed,
+        "representation": data.representation, "frame_rate": data.frame_rate,
+        "sample_rate": data.sample_rate if data.representation == "waveform" else None,
+        "window_frames": windows.window, "window_seconds": windows.window / data.frame_rate,
+        "split_ids": windows.data.ids.tolist(), "windows": len(windows),
+    }
+    for name, settings in eval_config.evals.items():
+        if not settings.get("enabled", True):
+            continue
+        logging.info("evaluator %s", name)
+        report[name] = evaluators.EVALUATORS[name](ctx, settings)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    if jax.process_index() == 0:
+        writer = metric_writers.create_default_writer(out_dir, asynchronous=False)
+        writer.write_scalars(step, flat_scalars(
+            {k: v for k, v in report.items() if isinstance(v, dict)}))
+        if ctx.images:
+            writer.write_images(step, {k: v[None] for k, v in ctx.images.items()})
+        writer.close()
+    print(f"report: {out_dir / 'report.json'}")
+    print(json.dumps({k: v for k, v in flat_scalars(
+        {k: v for k, v in report.items() if isinstance(v, dict)}).items()}, indent=1,
+        default=float)[:4000])
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,141 @@
+"""Linear probes on frozen features (numpy + scipy): multinomial and multi-label logistic
+regression, accuracy, a majority baseline and micro-averaged average precision.
+
+Both probes standardise features with the training mean and standard deviation and minimise
+the mean training loss plus (l2 / 2)·‖W‖² (the biases are not penalised) with full-batch
+L-BFGS. The objective is strictly convex and the solver has no randomness, so a probe is a
+deterministic function of its training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+from scipy import optimize, special
+
+
+@dataclasses.dataclass(frozen=True)
+class _AffineProbe:
+    """scores = standardise(features) @ weights + bias."""
+    mean: np.ndarray     # [D]
+    std: np.ndarray      # [D]
+    weights: np.ndarray  # [D, K]
+    bias: np.ndarray     # [K]
+
+    def scores(self, features) -> np.ndarray:
+        return (np.asarray(features, np.float64) - self.mean) / self.std @ self.weights + self.bias
+
+
+class LinearProbe(_AffineProbe):
+    """Multinomial logistic regression over num_classes classes."""
+
+    def predict_proba(self, features) -> np.ndarray:
+        return special.softmax(self.scores(features), axis=-1)
+
+    def predict(self, features) -> np.ndarray:
+        return np.argmax(self.scores(features), axis=-1)
+
+    def accuracy(self, features, labels) -> float:
+        return accuracy(self.predict(features), labels)
+
+
+class MultilabelProbe(_AffineProbe):
+    """One binary logistic regression per output (pitch), fitted together."""
+
+    def predict_proba(self, features) -> np.ndarray:
+        return special.expit(self.scores(features))
+
+
+# (logits [N, K]) -> (mean loss, d loss / d logits)
+LogitLoss = Callable[[np.ndarray], tuple[float, np.ndarray]]
+
+
+def _fit(features, num_outputs: int, loss: LogitLoss, l2: float,
+         steps: int) -> tuple[np.ndarray, ...]:
+    """(mean, std, weights, bias) minimising loss(logits) + (l2 / 2)·‖W‖² with L-BFGS."""
+    features = np.asarray(features, np.float64)
+    mean = features.mean(axis=0)
+    # Constant features would divide by zero; leaving them unscaled keeps them at exactly 0.
+    std = features.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    x = (features - mean) / std
+    dims = x.shape[1]
+
+    def objective(params):
+        w = params[:dims * num_outputs].reshape(dims, num_outputs)
+        value, d_logits = loss(x @ w + params[dims * num_outputs:])
+        grad_w = x.T @ d_logits + l2 * w
+        return value + 0.5 * l2 * np.sum(w ** 2), np.concatenate([grad_w.ravel(),
+                                                                  d_logits.sum(axis=0)])
+
+    result = optimize.minimize(objective, np.zeros((dims + 1) * num_outputs), jac=True,
+                               method="L-BFGS-B", options={"maxiter": steps})
+    weights = result.x[:dims * num_outputs].reshape(dims, num_outputs)
+    return mean, std, weights, result.x[dims * num_outputs:]
+
+
+def train_linear_probe(features, labels, num_classes: int, l2: float = 1e-3,
+                       steps: int = 500) -> LinearProbe:
+    """Fits softmax regression of integer labels [N] on features [N, D]."""
+    labels = np.asarray(labels)
+    one_hot = np.eye(num_classes)[labels]
+
+    def cross_entropy(logits):
+        log_p = special.log_softmax(logits, axis=-1)
+        value = -np.mean(np.sum(one_hot * log_p, axis=-1))
+        return value, (np.exp(log_p) - one_hot) / len(labels)
+    return LinearProbe(*_fit(features, num_classes, cross_entropy, l2, steps))
+
+
+def train_multilabel_probe(features, targets, l2: float = 1e-3,
+                           steps: int = 500) -> MultilabelProbe:
+    """Fits independent logistic regressions of binary targets [N, P] on features [N, D].
+
+    The loss is the per-output binary cross-entropy summed over outputs and averaged over
+    items; it separates over outputs, so its minimum is that of P separate regressions.
+    """
+    targets = np.asarray(targets, np.float64)
+
+    def binary_cross_entropy(logits):
+        value = np.mean(np.sum(np.logaddexp(0.0, logits) - targets * logits, axis=-1))
+        return value, (special.expit(logits) - targets) / len(targets)
+    return MultilabelProbe(*_fit(features, targets.shape[1], binary_cross_entropy, l2, steps))
+
+
+def accuracy(predictions, labels) -> float:
+    """Fraction of predictions equal to labels."""
+    return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+
+
+def majority_baseline(train_labels, eval_labels) -> float:
+    """Accuracy on eval_labels of always predicting the most frequent train label.
+
+    Ties go to the smallest label.
+    """
+    majority = np.argmax(np.bincount(np.asarray(train_labels)))
+    return accuracy(np.full(len(eval_labels), majority), eval_labels)
+
+
+def average_precision(targets, scores) -> float:
+    """Micro-averaged average precision over all (frame, pitch) pairs of [N, P] arrays.
+
+    MusicNet's transcription metric, equal to sklearn's
+    average_precision_score(targets.ravel(), scores.ravel()): AP = Σ_n (R_n − R_{n−1})·P_n over
+    the distinct score values taken as thresholds in decreasing order, where P_n and R_n are the
+    precision and recall of predicting positive every pair scoring ≥ the n-th threshold (R_0 = 0).
+    Tied scores form one threshold, so their order does not matter. NaN without positives.
+    """
+    positive = np.asarray(targets).ravel().astype(bool)
+    scores = np.asarray(scores, np.float64).ravel()
+    if not positive.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    positive, scores = positive[order], scores[order]
+    # The last position of each run of equal scores closes one threshold.
+    closes = np.append(np.flatnonzero(np.diff(scores)), len(scores) - 1)
+    true_positives = np.cumsum(positive)[closes]
+    precision = true_positives / (closes + 1)
+    recall = true_positives / true_positives[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))

@@ -1,0 +1,150 @@
+"""Music statistics of binary piano-rolls, a 2-D PCA of features, and their figures.
+
+Rolls are [T, G * 128] or [N, T, G * 128] with channel = group * 128 + pitch. Pitch statistics
+(pitch classes, polyphony, range) look at sounding pitches, so a pitch played by two instrument
+groups at once counts once; note density counts onsets per channel, so two instruments starting
+the same pitch are two notes. Statistics of rolls without a single note are NaN.
+
+Figures use matplotlib's object API on an Agg canvas, never pyplot (see musicflax.audio.plots).
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import special
+
+from musicflax.audio.plots import NUM_PITCHES
+
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def _windows(rolls) -> np.ndarray:
+    """Rolls as bool [N, T, C]."""
+    rolls = np.asarray(rolls) >= 0.5
+    if rolls.ndim == 2:
+        rolls = rolls[None]
+    if rolls.ndim != 3 or rolls.shape[-1] % NUM_PITCHES:
+        raise ValueError(f"rolls must be [T, G * {NUM_PITCHES}] or [N, T, G * {NUM_PITCHES}], "
+                         f"got {rolls.shape}")
+    return rolls
+
+
+def _sounding(rolls) -> np.ndarray:
+    """bool [N, T, 128]: whether any group plays each pitch."""
+    rolls = _windows(rolls)
+    return rolls.reshape(*rolls.shape[:2], -1, NUM_PITCHES).any(axis=2)
+
+
+def pitch_class_histogram(rolls) -> np.ndarray:
+    """[12] (C first) share of sounding (frame, pitch) cells in each pitch class; sums to 1."""
+    per_pitch = _sounding(rolls).sum(axis=(0, 1))
+    per_class = np.bincount(np.arange(NUM_PITCHES) % 12, weights=per_pitch, minlength=12)
+    with np.errstate(invalid="ignore"):
+        return per_class / per_class.sum()
+
+
+def pitch_class_distance(h1, h2) -> float:
+    """Jensen–Shannon divergence in bits between two pitch-class histograms: 0 for equal ones,
+    1 for disjoint ones; symmetric, and finite where a class is absent from one histogram."""
+    p, q = np.asarray(h1, np.float64), np.asarray(h2, np.float64)
+    m = 0.5 * (p + q)
+    # rel_entr takes 0 · log(0 / m) as 0, so absent classes need no special case.
+    return float(np.sum(special.rel_entr(p, m) + special.rel_entr(q, m)) / (2 * np.log(2)))
+
+
+def polyphony(rolls) -> float:
+    """Mean number of sounding pitches per frame, over frames with at least one."""
+    per_frame = _sounding(rolls).sum(axis=-1)
+    return float(per_frame[per_frame > 0].mean()) if per_frame.any() else float("nan")
+
+
+def pitch_range(rolls) -> float:
+    """Highest minus lowest sounding pitch of each window, averaged over windows with notes."""
+    sounding = _sounding(rolls).any(axis=1)
+    playing = sounding.any(axis=-1)
+    if not playing.any():
+        return float("nan")
+    pitches = np.arange(NUM_PITCHES)
+    highest = np.max(np.where(sounding, pitches, -1), axis=-1)
+    lowest = np.min(np.where(sounding, pitches, NUM_PITCHES), axis=-1)
+    return float(np.mean((highest - lowest)[playing]))
+
+
+def note_density(rolls, onsets, frame_rate: float) -> float:
+    """Onsets per second over all windows.
+
+    onsets (same shape as rolls, ≥ 0.5 marks an onset) count as given; if None they are the
+    frames where a channel switches on, a note sounding from a window's first frame included.
+    """
+    rolls = _windows(rolls)
+    if onsets is None:
+        onsets = rolls & ~np.pad(rolls[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    else:
+        onsets = _windows(onsets)
+    seconds = rolls.shape[0] * rolls.shape[1] / frame_rate
+    return float(onsets.sum() / seconds)
+
+
+def music_statistics(rolls, frame_rate: float, onsets=None) -> dict:
+    """All of the above for one set of rolls; the histogram as a [12] array, the rest floats."""
+    return {"pitch_class_histogram": pitch_class_histogram(rolls),
+            "polyphony": polyphony(rolls),
+            "pitch_range": pitch_range(rolls),
+            "note_density": note_density(rolls, onsets, frame_rate)}
+
+
+def pca_2d(features) -> np.ndarray:
+    """[N, D] -> [N, 2] coordinates on the first two principal axes of the centred features.
+
+    Each axis's sign is fixed so that its largest-magnitude loading is positive, which makes
+    the result independent of the SVD implementation's sign choices.
+    """
+    centred = np.asarray(features, np.float64)
+    centred = centred - centred.mean(axis=0)
+    if min(centred.shape) < 2:
+        raise ValueError(f"need at least 2 points and 2 dimensions, got {centred.shape}")
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2]
+    signs = np.sign(axes[np.arange(2), np.argmax(np.abs(axes), axis=1)])
+    return centred @ (axes * signs[:, None]).T
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> None:
+    FigureCanvasAgg(figure).print_png(os.fspath(path))
+
+
+def scatter_png(path: str | os.PathLike, points, labels, label_names, title: str) -> None:
+    """Writes a scatter plot of points [N, 2] coloured by integer labels [N], with a legend
+    naming label i label_names[i]; colours come from tab20, cycled past 20 labels."""
+    points, labels = np.asarray(points), np.asarray(labels)
+    colours = matplotlib.colormaps["tab20"].colors
+    figure = Figure(figsize=(7, 6), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    for label in np.unique(labels):
+        chosen = labels == label
+        axes.scatter(points[chosen, 0], points[chosen, 1], s=8, alpha=0.7,
+                     color=colours[label % len(colours)], label=label_names[label])
+    axes.legend(fontsize="small", markerscale=2, loc="best")
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def code_histogram_png(path: str | os.PathLike, counts, title: str) -> None:
+    """Writes code counts [K] as bars sorted from most to least frequent, on a log y-axis.
+
+    Unused codes have no bar; the x-label says how many of the K codes were used.
+    """
+    counts = np.sort(np.asarray(counts))[::-1]
+    figure = Figure(figsize=(8, 4), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    axes.bar(np.arange(len(counts)), counts, width=1.0, color="tab:blue")
+    axes.set_yscale("log")
+    axes.set_xlabel(f"code rank ({np.count_nonzero(counts)} of {len(counts)} codes used)")
+    axes.set_ylabel("count")
+    axes.set_title(title)
+    _save(figure, path)

@@ -1,0 +1,95 @@
+"""VQ-VAE training losses as pure functions: piano-roll BCE with onset weighting, waveform L2
+plus multi-resolution STFT loss, and their combination over levels with the commitment loss."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+# (n_fft, hop, window length) per STFT resolution.
+STFT_RESOLUTIONS = ((2048, 512, 2048), (1024, 256, 1024), (512, 128, 512))
+
+# Floor on STFT power: keeps the log and the sqrt gradient finite on silence.
+_MIN_POWER = 1e-7
+
+
+def pianoroll_loss(logits: jax.Array, roll: jax.Array, onsets: jax.Array,
+                   onset_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """mean BCE over all entries + onset_weight * mean BCE over the entries that are onsets.
+
+    Onsets are a tiny fraction of a roll, so their term is averaged over onsets only (0 when
+    there are none) and keeps its weight however sparse the batch is.
+    """
+    roll, onsets = roll.astype(jnp.float32), onsets.astype(jnp.float32)
+    bce = jax.nn.softplus(logits) - logits * roll
+    note_bce = jnp.mean(bce)
+    onset_bce = jnp.sum(bce * onsets) / jnp.maximum(jnp.sum(onsets), 1.0)
+    return note_bce + onset_weight * onset_bce, {"bce": note_bce, "onset_bce": onset_bce}
+
+
+def stft_magnitude(signal: jax.Array, n_fft: int, hop: int, win_length: int) -> jax.Array:
+    """|STFT| [N, frames, n_fft // 2 + 1] of signals [N, T]: periodic Hann window of
+    `win_length` centred in `n_fft`, frames centred on multiples of `hop` (zero padding)."""
+    n = jnp.arange(win_length)
+    window = 0.5 - 0.5 * jnp.cos(2 * jnp.pi * n / win_length)
+    left = (n_fft - win_length) // 2
+    window = jnp.pad(window, (left, n_fft - win_length - left))
+    padded = jnp.pad(signal, ((0, 0), (n_fft // 2, n_fft // 2)))
+    starts = hop * jnp.arange(1 + signal.shape[1] // hop)
+    frames = padded[:, starts[:, None] + jnp.arange(n_fft)] * window
+    spectrum = jnp.fft.rfft(frames, axis=-1)
+    return jnp.sqrt(jnp.maximum(jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2, _MIN_POWER))
+
+
+def waveform_loss(pred: jax.Array, target: jax.Array,
+                  stft_resolutions: Sequence[Sequence[int]] = STFT_RESOLUTIONS,
+                  spectral_weight: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L2 + spectral_weight * (spectral convergence + log-magnitude L1), the STFT terms
+    averaged over resolutions. Inputs are [B, T, C] (C = 1 for mono) or [B, T]."""
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+    l2 = jnp.mean((pred - target) ** 2)
+    if pred.ndim == 3:
+        # Each channel is its own signal for the STFT.
+        pred, target = (jnp.moveaxis(a, -1, 1).reshape(-1, a.shape[1]) for a in (pred, target))
+    convergence, log_magnitude = 0.0, 0.0
+    for n_fft, hop, win_length in stft_resolutions:
+        s_pred = stft_magnitude(pred, n_fft, hop, win_length)
+        s_target = stft_magnitude(target, n_fft, hop, win_length)
+        convergence += jnp.linalg.norm(s_target - s_pred) / jnp.linalg.norm(s_target)
+        log_magnitude += jnp.mean(jnp.abs(jnp.log(s_target) - jnp.log(s_pred)))
+    convergence /= len(stft_resolutions)
+    log_magnitude /= len(stft_resolutions)
+    loss = l2 + spectral_weight * (convergence + log_magnitude)
+    return loss, {"l2": l2, "spectral_convergence": convergence, "log_magnitude": log_magnitude}
+
+
+def vqvae_loss(outputs: Sequence[jax.Array], batch: Mapping[str, jax.Array],
+               aux: Mapping[str, Any], config: Mapping[str, Any]
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Sum over levels of the reconstruction loss, plus the (level-summed) commitment loss.
+
+    `config` is the model config (its `output` and `loss` entries are read); `batch` holds
+    "inputs" [B, T, C] and, for piano-rolls, "onsets". Metrics are flat float scalars:
+    loss, recon_loss, commit_loss, and per level `level{l}/...` (recon, commit, the loss
+    parts and the codebook statistics).
+    """
+    output, weights = config["output"], config["loss"]
+    inputs = batch["inputs"]
+    metrics, recon_loss = {}, 0.0
+    for level, out in enumerate(outputs):
+        if output == "bernoulli":
+            recon, parts = pianoroll_loss(out, inputs, batch["onsets"], weights["onset_weight"])
+        elif output == "waveform":
+            recon, parts = waveform_loss(out, inputs, weights["stft_resolutions"],
+                                         weights["spectral_weight"])
+        else:
+            raise ValueError(f"unknown output {output!r} (expected 'bernoulli' or 'waveform')")
+        recon_loss += recon
+        level_metrics = {"recon": recon, "commit": aux["commit_losses"][level], **parts,
+                         **aux["codebook_stats"][level]}
+        metrics.update({f"level{level}/{k}": v for k, v in level_metrics.items()})
+    loss = recon_loss + aux["commit_loss"]
+    metrics.update(loss=loss, recon_loss=recon_loss, commit_loss=aux["commit_loss"])
+    return loss, metrics

@@ -1,0 +1,248 @@
+"""Bottleneck quantizers: EMA vector quantization (with data init and dead-code restarts) and
+finite scalar quantization (FSQ), plus codebook statistics shared with evaluation.
+
+Both quantizers map `[B, T, D]` float inputs to a `QuantizerOutput` whose `quantized` vectors
+carry straight-through gradients, and both have `lookup(codes)` so codes alone can be decoded.
+
+The EMA codebook is state, not a parameter: it lives in the mutable collection `"codebook"`
+and changes only in calls with `train=True` where that collection is mutable; those calls
+need an rng stream named `"restart"`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CODEBOOK = "codebook"
+
+# EMA count a code gets when it is (re)initialised from data, as in Jukebox.
+_FRESH_COUNT = 1.0
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: jax.Array           # [B, T, D] float32, straight-through to the input
+    codes: jax.Array               # [B, T] int32
+    commit_loss: jax.Array         # scalar
+    stats: dict[str, jax.Array]    # see `codebook_stats`
+
+
+def codebook_stats(codes: jax.Array, codebook_size: int, ema_counts: jax.Array | None = None,
+                   threshold: float = 1.0) -> dict[str, jax.Array]:
+    """Float32 scalars describing how a batch of codes uses a codebook of `codebook_size` (>= 2).
+
+    usage: fraction of codes used at least once; perplexity: exp of the entropy of the batch's
+    code distribution; normalized_entropy: that entropy / log(codebook_size); dead_codes: codes
+    whose EMA count is below `threshold` when `ema_counts` is given, else codes unused here.
+    """
+    counts = jnp.bincount(codes.ravel(), length=codebook_size).astype(jnp.float32)
+    entropy = jnp.sum(jax.scipy.special.entr(counts / counts.sum()))
+    dead = counts == 0 if ema_counts is None else ema_counts < threshold
+    return {
+        "usage": jnp.mean(counts > 0, dtype=jnp.float32),
+        "perplexity": jnp.exp(entropy),
+        "normalized_entropy": entropy / math.log(codebook_size),
+        "dead_codes": jnp.sum(dead, dtype=jnp.float32),
+    }
+
+
+def nearest_codes(flat: jax.Array, embedding: jax.Array) -> jax.Array:
+    """Index of the closest codebook row (squared Euclidean) for each row of `flat` [N, D]."""
+    # Full float32 matmul: the default (bf16-pass) precision on accelerators can flip the
+    # choice between nearby codes.
+    cross = jnp.matmul(flat, embedding.T, precision=lax.Precision.HIGHEST)
+    distances = (jnp.sum(flat ** 2, axis=1, keepdims=True) - 2 * cross
+                 + jnp.sum(embedding ** 2, axis=1))
+    return jnp.argmin(distances, axis=1).astype(jnp.int32)
+
+
+def random_rows(key: jax.Array, flat: jax.Array, n: int) -> jax.Array:
+    """`n` rows of `flat` drawn at random, distinct where the batch has enough rows."""
+    return flat[jax.random.choice(key, flat.shape[0], (n,), replace=flat.shape[0] < n)]
+
+
+def kmeans(flat: jax.Array, centers: jax.Array, iterations: int) -> jax.Array:
+    """Lloyd iterations from `centers`; a center that loses all its points stays put."""
+    k = centers.shape[0]
+
+    def step(_, centers):
+        codes = nearest_codes(flat, centers)
+        sums = jax.ops.segment_sum(flat, codes, num_segments=k)
+        counts = jnp.bincount(codes, length=k)[:, None]
+        return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), centers)
+
+    return lax.fori_loop(0, iterations, step, centers)
+
+
+class EMAVectorQuantizer(nn.Module):
+    """VQ-VAE bottleneck whose codebook follows an EMA of the encoder outputs assigned to it.
+
+    Collection `"codebook"`: `embedding` [K, D], EMA `cluster_size` [K] and `embed_sum` [K, D],
+    and `initialized` (bool). The first updating call replaces the random starting codebook
+    by encoder outputs of its batch (`init_method` 'random_batch', or 'kmeans' refining them)
+    and does no EMA step. Every later updating call first restarts dead codes (EMA count below
+    `restart_threshold`) at random encoder outputs of the batch, then assigns, then takes the
+    EMA step (with Laplace-smoothed counts). Random choices use the `"restart"` rng stream, so
+    they are the same on every device.
+    """
+
+    codebook_size: int
+    code_dim: int
+    decay: float = 0.99
+    commitment: float = 0.02
+    restart_threshold: float = 1.0
+    init_method: str = "random_batch"
+    kmeans_iters: int = 10
+    epsilon: float = 1e-5
+
+    @property
+    def dim(self) -> int:
+        return self.code_dim
+
+    def setup(self):
+        if self.init_method not in ("random_batch", "kmeans"):
+            raise ValueError(f"unknown codebook init {self.init_method!r}")
+        shape = (self.codebook_size, self.code_dim)
+        self.embedding = self.variable(
+            CODEBOOK, "embedding", lambda: jax.random.normal(self.make_rng("params"), shape))
+        self.cluster_size = self.variable(
+            CODEBOOK, "cluster_size", jnp.full, (self.codebook_size,), _FRESH_COUNT, jnp.float32)
+        self.embed_sum = self.variable(
+            CODEBOOK, "embed_sum", lambda: self.embedding.value * _FRESH_COUNT)
+        self.initialized = self.variable(CODEBOOK, "initialized", lambda: jnp.array(False))
+
+    def lookup(self, codes: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding.value, codes, axis=0)
+
+    def __call__(self, z: jax.Array, train: bool) -> QuantizerOutput:
+        flat = z.astype(jnp.float32).reshape(-1, self.code_dim)
+        # The codebook learns only by EMA, so codes restarted or initialised from encoder
+        # outputs must not carry gradient back to the encoder.
+        data = lax.stop_gradient(flat)
+        # Dead codes are judged on the counts entering this call, i.e. those a training call
+        # restarts; reported before the restart so the statistic shows them.
+        stats_counts = self.cluster_size.value
+        state = (self.embedding.value, self.cluster_size.value, self.embed_sum.value)
+        if train and self.is_mutable_collection(CODEBOOK) and not self.is_initializing():
+            init_key, restart_key = jax.random.split(self.make_rng("restart"))
+            state, codes, quantized = lax.cond(
+                self.initialized.value,
+                lambda: self._train_step(data, state, restart_key),
+                lambda: self._init_step(data, init_key))
+            self.embedding.value, self.cluster_size.value, self.embed_sum.value = state
+            self.initialized.value = jnp.array(True)
+        else:
+            codes = nearest_codes(data, state[0])
+            quantized = state[0][codes]
+        commit_loss = self.commitment * jnp.mean((flat - lax.stop_gradient(quantized)) ** 2)
+        # Exactly `quantized` in the forward pass, identity gradient to the encoder.
+        quantized = quantized + (flat - lax.stop_gradient(flat))
+        return QuantizerOutput(
+            quantized.reshape(z.shape), codes.reshape(z.shape[:-1]), commit_loss,
+            codebook_stats(codes, self.codebook_size, stats_counts, self.restart_threshold))
+
+    def _init_step(self, flat, key):
+        embedding = random_rows(key, flat, self.codebook_size)
+        if self.init_method == "kmeans":
+            embedding = kmeans(flat, embedding, self.kmeans_iters)
+        codes = nearest_codes(flat, embedding)
+        counts = jnp.full((self.codebook_size,), _FRESH_COUNT, jnp.float32)
+        return (embedding, counts, embedding * _FRESH_COUNT), codes, embedding[codes]
+
+    def _train_step(self, flat, state, key):
+        embedding, cluster_size, embed_sum = state
+        dead = cluster_size < self.restart_threshold
+        fresh = random_rows(key, flat, self.codebook_size)
+        embedding = jnp.where(dead[:, None], fresh, embedding)
+        embed_sum = jnp.where(dead[:, None], fresh * _FRESH_COUNT, embed_sum)
+        cluster_size = jnp.where(dead, _FRESH_COUNT, cluster_size)
+
+        codes = nearest_codes(flat, embedding)
+        quantized = embedding[codes]
+        counts = jnp.bincount(codes, length=self.codebook_size)
+        sums = jax.ops.segment_sum(flat, codes, num_segments=self.codebook_size)
+        cluster_size = self.decay * cluster_size + (1 - self.decay) * counts
+        embed_sum = self.decay * embed_sum + (1 - self.decay) * sums
+        # Laplace smoothing keeps rarely used codes from dividing by ~0.
+        total = jnp.sum(cluster_size)
+        smoothed = ((cluster_size + self.epsilon)
+                    / (total + self.codebook_size * self.epsilon) * total)
+        return (embed_sum / smoothed[:, None], cluster_size, embed_sum), codes, quantized
+
+
+def _fsq_constants(levels: Sequence[int]):
+    levels_arr = jnp.asarray(levels, jnp.int32)
+    half_width = levels_arr // 2
+    basis = jnp.asarray([math.prod(levels[:i]) for i in range(len(levels))], jnp.int32)
+    return levels_arr, half_width, basis
+
+
+def fsq_quantize(z: jax.Array, levels: Sequence[int], eps: float = 1e-3):
+    """(quantized [..., d] in [-1, 1] with straight-through rounding, codes [...] int32)."""
+    levels_arr, half_width, _ = _fsq_constants(levels)
+    levels_f = levels_arr.astype(jnp.float32)
+    # Bound each dimension to an interval holding exactly L integers: (-(L-1)/2, (L-1)/2) for
+    # odd L, shifted by 1/2 for even L (with zero still mapping to zero).
+    half_l = (levels_f - 1) * (1 + eps) / 2
+    offset = jnp.where(levels_arr % 2 == 0, 0.5, 0.0)
+    bounded = jnp.tanh(z + jnp.arctanh(offset / half_l)) * half_l - offset
+    quantized = (jnp.round(bounded) + (bounded - lax.stop_gradient(bounded))) / half_width
+    return quantized, fsq_codes(lax.stop_gradient(quantized), levels)
+
+
+def fsq_codes(quantized: jax.Array, levels: Sequence[int]) -> jax.Array:
+    """Grid vectors [..., d] -> their mixed-radix codes [...] int32."""
+    _, half_width, basis = _fsq_constants(levels)
+    digits = jnp.round(quantized * half_width).astype(jnp.int32) + half_width
+    return jnp.sum(digits * basis, axis=-1)
+
+
+def fsq_lookup(codes: jax.Array, levels: Sequence[int]) -> jax.Array:
+    """Mixed-radix codes [...] -> the grid vectors [..., d] (inverse of `fsq_codes`)."""
+    levels_arr, half_width, basis = _fsq_constants(levels)
+    digits = (codes[..., None] // basis) % levels_arr
+    return (digits - half_width) / half_width
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantization (Mentzer et al. 2023): no codebook state, no commitment loss.
+
+    The encoder's output projection is the projection to len(levels) dimensions.
+    """
+
+    levels: Sequence[int]
+
+    @property
+    def dim(self) -> int:
+        return len(self.levels)
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
+
+    def lookup(self, codes: jax.Array) -> jax.Array:
+        return fsq_lookup(codes, self.levels)
+
+    def __call__(self, z: jax.Array, train: bool) -> QuantizerOutput:
+        del train  # FSQ has no state to update; the argument keeps the quantizer interface.
+        quantized, codes = fsq_quantize(z.astype(jnp.float32), self.levels)
+        return QuantizerOutput(quantized, codes, jnp.zeros((), jnp.float32),
+                               codebook_stats(codes, self.codebook_size))
+
+
+def make_quantizer(spec: Mapping[str, Any]) -> nn.Module:
+    """The quantizer described by a model config's `quantizer` entry."""
+    if spec["type"] == "ema_vq":
+        return EMAVectorQuantizer(
+            codebook_size=spec["codebook_size"], code_dim=spec["code_dim"],
+            decay=spec["ema_decay"], commitment=spec["commitment"],
+            restart_threshold=spec["restart_threshold"], init_method=spec["init"],
+            kmeans_iters=spec["kmeans_iters"])
+    if spec["type"] == "fsq":
+        return FSQ(levels=tuple(spec["fsq_levels"]))
+    raise ValueError(f"unknown quantizer type {spec['type']!r} (expected 'ema_vq' or 'fsq')")

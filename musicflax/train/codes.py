@@ -1,0 +1,140 @@
+"""Code sequences: every recording of a split encoded by a trained VQ-VAE, cached on disk.
+
+The prior trains on these, so the encoder never runs during prior training. A cache lives in
+`<vqvae workdir>/codes/step_<N>/level<L>_<split>.npz` and carries a fingerprint: the VQ-VAE's
+config hash, checkpoint step, level, window and split ids. A cache whose fingerprint does not
+match what is asked for is rebuilt (with a warning), never silently reused.
+
+A recording's sequence is the concatenation of the codes of its non-overlapping windows, in
+time order (the encoder is convolutional, so this is what it sees in training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from musicflax.data import input_pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeSet:
+    """One split's code sequences (concatenated; recording r is codes[offsets[r]:offsets[r+1]])."""
+
+    codes: np.ndarray      # [total] int32
+    offsets: np.ndarray    # [R + 1] int64
+    ids: np.ndarray        # [R] int32 recording ids
+    composer: np.ndarray   # [R] int32
+    ensemble: np.ndarray   # [R] int32
+    codebook_size: int
+    codes_per_second: float
+    vocab: Mapping[str, list]
+
+    def sequences(self) -> list[np.ndarray]:
+        return [self.codes[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path(vqvae_workdir: epath.PathLike, step: int, level: int, split: str) -> epath.Path:
+    return epath.Path(vqvae_workdir) / "codes" / f"step_{step}" / f"level{level}_{split}.npz"
+
+
+def encode_split(vqvae_workdir: epath.PathLike, split: str, level: int = 0,
+                 step: int | None = None, batch_size: int = 64) -> CodeSet:
+    """Loads the cache for (checkpoint, level, split), or encodes the split and writes it."""
+    from musicflax.train import trainer  # pylint: disable=g-import-not-at-top
+
+    config, task, state = trainer.load_state(vqvae_workdir, step)
+    step = int(state.step)
+    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    data_cfg.eval_hop_frames = 0  # non-overlapping windows tile each recording
+    windows = input_pipeline.create_windows(data_cfg, split, train=False)
+    fingerprint = {
+        "vqvae_config": config_hash(config), "step": step, "level": level, "split": split,
+        "window": windows.window, "ids": windows.data.ids.tolist(),
+    }
+    path = cache_path(vqvae_workdir, step, level, split)
+    if path.exists():
+        with path.open("rb") as f:
+            cached = dict(np.load(f, allow_pickle=False))
+        if json.loads(str(cached["fingerprint"])) == fingerprint:
+            return _codeset(cached)
+        logging.warning("%s does not match the checkpoint or data asked for: rebuilding", path)
+    hop = task.model.hops[level]
+    encode = jax.jit(lambda params, batch: task.model.apply(
+        {"params": params, **state.model_state}, task.model_inputs(batch),
+        method="encode")[level])
+    rows = []
+    for batch in input_pipeline.as_numpy(windows.eval_dataset(batch_size)):
+        rows.extend(np.asarray(encode(state.params, batch))[batch["mask"]])
+    # Eval batches follow the window table, which is recording-major and time-ordered.
+    rows = np.stack(rows)
+    recordings = np.unique(windows.rec)
+    sequences = [rows[windows.rec == r].reshape(-1).astype(np.int32) for r in recordings]
+    arrays = {
+        "codes": np.concatenate(sequences),
+        "offsets": np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64),
+        "ids": windows.data.ids[recordings], "composer": windows.data.composer[recordings],
+        "ensemble": windows.data.ensemble[recordings],
+        "codebook_size": np.int64(task.codebook_size),
+        "codes_per_second": np.float64(windows.data.frame_rate / hop
+                                       if config.data.representation == "pianoroll"
+                                       else config.data.sample_rate / hop),
+        "vocab": np.asarray(json.dumps(dict(windows.data.vocab))),
+        "fingerprint": np.asarray(json.dumps(fingerprint)),
+    }
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / (path.name + ".tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(path)  # atomic: a killed run never leaves half a cache behind
+        logging.info("encoded %s (%d recordings, %d codes) -> %s", split, len(sequences),
+                     len(arrays["codes"]), path)
+    return _codeset(arrays)
+
+
+def _codeset(arrays: Mapping[str, np.ndarray]) -> CodeSet:
+    return CodeSet(codes=np.asarray(arrays["codes"], np.int32),
+                   offsets=np.asarray(arrays["offsets"], np.int64),
+                   ids=np.asarray(arrays["ids"], np.int32),
+                   composer=np.asarray(arrays["composer"], np.int32),
+                   ensemble=np.asarray(arrays["ensemble"], np.int32),
+                   codebook_size=int(arrays["codebook_size"]),
+                   codes_per_second=float(arrays["codes_per_second"]),
+                   vocab=json.loads(str(arrays["vocab"])))
+
+
+def baseline_bits(train: CodeSet, evaluated: CodeSet | None = None) -> dict[str, float]:
+    """Bits per code of simple models fit on the training codes.
+
+    uniform_bits = log2 K; unigram_bits = entropy of the training code distribution (the
+    baseline the prior is judged against). With `evaluated`, also the cross-entropies on
+    those codes of the unigram and of a bigram model (add-one smoothing), for the eval report.
+    """
+    k = train.codebook_size
+    counts = np.bincount(train.codes, minlength=k).astype(np.float64)
+    p = counts / counts.sum()
+    out = {"uniform_bits": float(np.log2(k)),
+           "unigram_bits": float(-np.sum(p[p > 0] * np.log2(p[p > 0])))}
+    if evaluated is not None:
+        smoothed = (counts + 1) / (counts.sum() + k)
+        out["unigram_xent_bits"] = float(-np.mean(np.log2(smoothed[evaluated.codes])))
+        pairs = np.ones((k, k))
+        for seq in train.sequences():
+            np.add.at(pairs, (seq[:-1], seq[1:]), 1)
+        pairs /= pairs.sum(axis=1, keepdims=True)
+        bits = [-np.log2(pairs[s[:-1], s[1:]]) for s in evaluated.sequences() if len(s) > 1]
+        out["bigram_xent_bits"] = float(np.mean(np.concatenate(bits)))
+    return out

@@ -1,0 +1,406 @@
+"""VQ-VAE models: shapes per level, straight-through gradients, EMA codebook (init, updates,
+restarts), FSQ, codebook statistics, losses, a short training run, encode/decode."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from musicflax.models import losses, quantizers, vqvae
+
+PIANOROLL = (2, 128, 32)
+WAVEFORM = (2, 1024, 1)
+LATENTS = (4, 64, 4)  # encoder outputs fed to quantizers directly
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compiling_rng():
+    """With the (default) partitionable threefry, XLA:CPU spends seconds compiling every random
+    draw, e.g. each parameter initialiser; the classic variant draws equally valid numbers."""
+    with jax.threefry_partitionable(False):
+        yield
+
+
+def tiny_config(levels=1, quantizer="ema_vq"):
+    config = vqvae.default_model_config()
+    config.update(width=8, res_depth=1, levels=levels)
+    # k-means initialisation is tested on the quantizer alone.
+    config.quantizer.update(type=quantizer, codebook_size=16, code_dim=4, init="random_batch",
+                            fsq_levels=(4, 3))
+    return config
+
+
+def normal(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def synthetic_rolls(shape=PIANOROLL, notes=12, seed=0):
+    """Windows of sustained notes starting on a grid of 8 frames, with their onsets."""
+    num, frames, channels = shape
+    rng = np.random.default_rng(seed)
+    roll = np.zeros(shape, np.uint8)
+    onsets = np.zeros_like(roll)
+    for i in range(num):
+        for _ in range(notes):
+            start, pitch = 8 * rng.integers(frames // 8), rng.integers(channels)
+            roll[i, start:start + 8 * rng.integers(1, 4), pitch] = 1
+            onsets[i, start, pitch] = 1
+    return {"inputs": jnp.asarray(roll), "onsets": jnp.asarray(onsets)}
+
+
+# ---------------------------------------------------------------------------- model
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+@pytest.mark.parametrize("shape", [PIANOROLL, WAVEFORM], ids=["pianoroll", "waveform"])
+def test_outputs_and_code_lengths_per_level(levels, shape):
+    # Traced, not compiled: shapes need no numbers (the tests below run real models).
+    model = vqvae.vqvae_from_config(tiny_config(levels), shape[-1])
+    (outputs, aux), variables = jax.eval_shape(
+        lambda x: model.init_with_output(jax.random.key(0), x, train=False),
+        jax.ShapeDtypeStruct(shape, jnp.float32))
+    assert model.hops == (8, 32, 128)[:levels]
+    assert len(outputs) == len(aux["codes"]) == len(aux["codebook_stats"]) == levels
+    for level, (out, codes, hop) in enumerate(zip(outputs, aux["codes"], model.hops)):
+        assert out.shape == shape and out.dtype == jnp.float32
+        assert codes.shape == (shape[0], shape[1] // hop) and codes.dtype == jnp.int32
+        assert variables["codebook"][f"quantizers_{level}"]["embedding"].shape == (16, 4)
+    assert aux["commit_loss"].shape == ()
+
+
+def test_window_length_must_be_a_multiple_of_the_top_hop():
+    model = vqvae.vqvae_from_config(tiny_config(levels=2), 32)
+    with pytest.raises(ValueError, match="multiple of the hop 32"):
+        model.init(jax.random.key(0), jnp.zeros((1, 48, 32)), train=False)
+
+
+def test_bfloat16_computes_convs_in_bfloat16_with_float32_params_and_outputs():
+    config = tiny_config()
+    config.dtype = "bfloat16"
+    model = vqvae.vqvae_from_config(config, 32)
+    x = jax.ShapeDtypeStruct(PIANOROLL, jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    apply = functools.partial(model.apply, train=False)
+    convs = [e for e in jax.make_jaxpr(apply)(variables, x).eqns
+             if e.primitive.name == "conv_general_dilated"]
+    assert convs and all(e.outvars[0].aval.dtype == jnp.bfloat16 for e in convs)
+    assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
+    outputs, _ = jax.eval_shape(apply, variables, x)
+    assert outputs[0].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("quantizer", ["ema_vq", "fsq"])
+def test_decode_of_encode_matches_the_forward_pass(quantizer):
+    model = vqvae.vqvae_from_config(tiny_config(levels=2, quantizer=quantizer), 32)
+    x = synthetic_rolls()["inputs"]
+    variables = model.init(jax.random.key(0), x, train=False)
+    # One training call, so the EMA codebook is the data-initialised one.
+    _, state = model.apply(variables, x, train=True, mutable=["codebook"],
+                           rngs={"restart": jax.random.key(1)})
+    variables = {**variables, **state}
+    outputs, aux = model.apply(variables, x, train=False)
+    codes = model.apply(variables, x, method="encode")
+    for level, (c, expected) in enumerate(zip(codes, aux["codes"])):
+        assert 0 <= c.min() and c.max() < 16
+        np.testing.assert_array_equal(c, expected)
+        np.testing.assert_array_equal(
+            model.apply(variables, c, level, method="decode"), outputs[level])
+    for decoded, out in zip(model.apply(variables, codes, method="decode"), outputs):
+        np.testing.assert_array_equal(decoded, out)
+
+
+@pytest.fixture(scope="module", params=["ema_vq", "fsq"])
+def training_run(request):
+    """(loss per step, first step's gradients) of 50 Adam steps on fixed synthetic rolls.
+
+    The commitment loss is off, so the encoder gets gradients only through the
+    straight-through estimator.
+    """
+    config = tiny_config(quantizer=request.param)
+    config.quantizer.update(commitment=0.0, restart_threshold=0.1)
+    batch = synthetic_rolls()
+    model = vqvae.vqvae_from_config(config, 32)
+    variables = model.init(jax.random.key(0), batch["inputs"], train=False)
+    params = variables.pop("params")
+    optimizer = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, state, opt_state, key):
+        def loss_fn(params):
+            (outputs, aux), state_out = model.apply(
+                {"params": params, **state}, batch["inputs"], train=True,
+                mutable=["codebook"], rngs={"restart": key})
+            return losses.vqvae_loss(outputs, batch, aux, config)[0], state_out
+
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), state, opt_state, loss, grads
+
+    state, opt_state, history = variables, optimizer.init(params), []
+    for i in range(50):
+        params, state, opt_state, loss, grads = step(params, state, opt_state,
+                                                     jax.random.key(i))
+        history.append(float(loss))
+        if i == 0:
+            first_grads = grads
+    return history, first_grads
+
+
+def test_reconstruction_gradient_reaches_the_encoder(training_run):
+    _, grads = training_run
+    assert all(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads["encoders_0"]))
+
+
+def test_short_training_run_reduces_the_loss(training_run):
+    history, _ = training_run
+    assert np.isfinite(history).all()
+    assert np.mean(history[-5:]) < 0.3 * history[0]
+
+
+# ---------------------------------------------------------------------------- EMA VQ
+
+def quantizer_state(q, z, embedding, cluster_size):
+    """Variables of `q` with a given (already initialised) codebook."""
+    embedding = jnp.asarray(embedding, jnp.float32)
+    cluster_size = jnp.asarray(cluster_size, jnp.float32)
+    variables = q.init(jax.random.key(0), z, train=False)
+    return {"codebook": {**variables["codebook"], "embedding": embedding,
+                         "cluster_size": cluster_size,
+                         "embed_sum": embedding * cluster_size[:, None],
+                         "initialized": jnp.array(True)}}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def train_call(q, variables, z, key):
+    out, state = q.apply(variables, z, train=True, mutable=["codebook"],
+                         rngs={"restart": key})
+    return out, {**variables, **state}
+
+
+def two_clusters(n=64, seed=0):
+    centers = np.where(np.arange(n)[:, None] % 2 == 0, 3.0, -3.0)
+    return jnp.asarray(centers + 0.3 * normal((n, 2), seed))[None]
+
+
+def test_ema_update_moves_codes_to_the_mean_of_their_vectors():
+    z = two_clusters()
+    q = quantizers.EMAVectorQuantizer(codebook_size=2, code_dim=2, decay=0.8,
+                                      restart_threshold=0.0)
+    variables = quantizer_state(q, z, [[1.0, 1.0], [-1.0, -1.0]], [1.0, 1.0])
+    flat = np.asarray(z[0])
+    means = np.stack([flat[0::2].mean(0), flat[1::2].mean(0)])
+
+    out, variables = train_call(q, variables, z, jax.random.key(0))
+    np.testing.assert_array_equal(out.codes[0], np.arange(64) % 2)
+    start = np.where(np.arange(64)[:, None] % 2 == 0, 1.0, -1.0)
+    np.testing.assert_allclose(out.commit_loss, 0.02 * np.mean((flat - start) ** 2), rtol=1e-5)
+    # One EMA step by hand (Laplace smoothing is negligible at these counts).
+    expected = (0.8 * np.array([[1.0, 1.0], [-1.0, -1.0]]) + 0.2 * 32 * means) / (0.8 + 0.2 * 32)
+    np.testing.assert_allclose(variables["codebook"]["embedding"], expected, rtol=1e-4)
+    np.testing.assert_allclose(variables["codebook"]["cluster_size"], [7.2, 7.2], rtol=1e-6)
+    for i in range(30):
+        _, variables = train_call(q, variables, z, jax.random.key(i))
+    np.testing.assert_allclose(variables["codebook"]["embedding"], means, atol=1e-3)
+
+
+def test_eval_and_immutable_calls_leave_the_codebook_alone():
+    z = two_clusters()
+    q = quantizers.EMAVectorQuantizer(codebook_size=2, code_dim=2)
+    variables = q.init(jax.random.key(0), z, train=False)
+    assert not variables["codebook"]["initialized"]
+    _, state = q.apply(variables, z, train=False, mutable=["codebook"])
+    jax.tree.map(np.testing.assert_array_equal, state, variables)
+    q.apply(variables, z, train=True)  # not mutable: no update, and no rng needed
+
+
+@pytest.mark.parametrize("init_method", ["random_batch", "kmeans"])
+def test_first_training_call_initialises_the_codebook_from_the_batch(init_method):
+    z = normal(LATENTS)
+    q = quantizers.EMAVectorQuantizer(codebook_size=16, code_dim=4, init_method=init_method,
+                                      kmeans_iters=5)
+    variables = q.init(jax.random.key(0), z, train=False)
+    out, variables = train_call(q, variables, z, jax.random.key(1))
+    codebook, flat = variables["codebook"], z.reshape(-1, 4)
+    assert codebook["initialized"]
+    np.testing.assert_array_equal(codebook["cluster_size"], np.ones(16))
+    distances = jnp.sum((codebook["embedding"][:, None] - flat[None]) ** 2, -1)
+    if init_method == "random_batch":
+        # Every row is one of the batch's vectors, and they are distinct ones.
+        assert np.all(np.asarray(distances).min(axis=1) == 0)
+        assert len(np.unique(np.asarray(distances.argmin(axis=1)))) == 16
+    else:
+        # Lloyd iterations from the same random rows can only lower the distortion.
+        random_init = q.clone(init_method="random_batch")
+        baseline, _ = train_call(random_init, random_init.init(jax.random.key(0), z, train=False),
+                                 z, jax.random.key(1))
+        assert out.commit_loss < baseline.commit_loss
+    # The call's own codes already use the new codebook.
+    np.testing.assert_array_equal(out.codes, quantizers.nearest_codes(
+        flat, codebook["embedding"]).reshape(LATENTS[:-1]))
+
+
+def test_quantized_vectors_pass_gradients_straight_through():
+    z, weights = normal(LATENTS, seed=0), normal(LATENTS, seed=1)
+    q = quantizers.EMAVectorQuantizer(codebook_size=16, code_dim=4, commitment=0.0)
+    variables = q.init(jax.random.key(0), z, train=False)
+
+    def weighted_sum(z):
+        # The initialising call, whose codebook is made of (gradient-free) copies of z.
+        out, _ = q.apply(variables, z, train=True, mutable=["codebook"],
+                         rngs={"restart": jax.random.key(1)})
+        return jnp.sum(out.quantized * weights)
+
+    np.testing.assert_allclose(jax.jit(jax.grad(weighted_sum))(z), weights, rtol=1e-6)
+
+
+def restart_run(key, calls=5):
+    z = normal(LATENTS)
+    q = quantizers.EMAVectorQuantizer(codebook_size=32, code_dim=4, decay=0.9,
+                                      restart_threshold=1.0)
+    # Four codes near the data, 28 far away that no vector ever picks (and counted as dead).
+    embedding = np.concatenate([0.1 * np.eye(4), np.full((28, 4), 100.0)])
+    variables = quantizer_state(q, z, embedding, [64.0] * 4 + [0.01] * 28)
+    before = q.apply(variables, z, train=False).stats
+    for i in range(calls):
+        _, variables = train_call(q, variables, z, jax.random.fold_in(key, i))
+    return before, q.apply(variables, z, train=False).stats, variables
+
+
+def test_dead_codes_are_restarted_from_the_batch():
+    before, after, variables = restart_run(jax.random.key(0))
+    assert before["dead_codes"] == 28 and before["usage"] == 4 / 32
+    assert after["dead_codes"] <= 4 and after["usage"] >= 0.75
+    # EMA alone never moves an unused code; the far ones now sit among the data.
+    assert np.abs(variables["codebook"]["embedding"][4:]).max() < 10
+
+
+def test_restarts_are_deterministic_for_a_fixed_rng():
+    *_, first = restart_run(jax.random.key(0))
+    *_, again = restart_run(jax.random.key(0))
+    *_, other = restart_run(jax.random.key(1))
+    jax.tree.map(np.testing.assert_array_equal, first, again)
+    assert not np.array_equal(first["codebook"]["embedding"], other["codebook"]["embedding"])
+
+
+# ---------------------------------------------------------------------------- FSQ
+
+def test_fsq_codes_and_vectors_round_trip():
+    levels = (8, 5, 5, 5)
+    fsq = quantizers.FSQ(levels)
+    assert fsq.codebook_size == 1000 and fsq.dim == 4
+    vectors = quantizers.fsq_lookup(jnp.arange(1000), levels)
+    assert len(np.unique(np.asarray(vectors), axis=0)) == 1000
+    assert np.all(np.abs(vectors) <= 1)
+    np.testing.assert_array_equal(quantizers.fsq_codes(vectors, levels), np.arange(1000))
+
+    z = 3 * normal(LATENTS)
+    out = fsq.apply({}, z, train=True)
+    assert out.codes.shape == LATENTS[:-1] and 0 <= out.codes.min() and out.codes.max() < 1000
+    np.testing.assert_array_equal(fsq.apply({}, out.codes, method="lookup"), out.quantized)
+    assert out.commit_loss == 0
+
+
+def test_fsq_rounds_with_straight_through_gradients():
+    z = normal((3, 2))
+    grad = jax.grad(lambda z: jnp.sum(quantizers.fsq_quantize(z, (4, 3))[0]))(z)
+    assert np.all(np.asarray(grad) > 0)
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def test_codebook_stats_of_uniform_and_single_code_batches():
+    codebook_stats = jax.jit(quantizers.codebook_stats, static_argnums=1)
+    uniform = codebook_stats(np.tile(np.arange(64), 3), 64)
+    np.testing.assert_allclose(uniform["perplexity"], 64, rtol=1e-5)
+    np.testing.assert_allclose(uniform["normalized_entropy"], 1, rtol=1e-5)
+    assert uniform["usage"] == 1 and uniform["dead_codes"] == 0
+
+    single = codebook_stats(np.full((4, 8), 5), 64)
+    np.testing.assert_allclose(single["perplexity"], 1, rtol=1e-6)
+    assert single["usage"] == 1 / 64 and single["normalized_entropy"] == 0
+    assert single["dead_codes"] == 63
+
+    ema = codebook_stats(np.arange(4), 4, ema_counts=np.array([0.5, 2, 0.9, 1]), threshold=1.0)
+    assert ema["dead_codes"] == 2
+
+
+# ---------------------------------------------------------------------------- losses
+
+def test_pianoroll_loss_by_hand():
+    logits = jnp.array([[[0.0, 2.0], [-1.0, 0.5]]])
+    roll = jnp.array([[[1, 0], [0, 1]]], jnp.uint8)
+    onsets = jnp.array([[[1, 0], [0, 0]]], jnp.uint8)
+    bce = [math.log(2), math.log(1 + math.e ** 2), math.log(1 + math.e ** -1),
+           math.log(1 + math.e ** -0.5)]
+    loss, parts = losses.pianoroll_loss(logits, roll, onsets, onset_weight=3.0)
+    np.testing.assert_allclose(parts["bce"], np.mean(bce), rtol=1e-6)
+    np.testing.assert_allclose(parts["onset_bce"], math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(loss, np.mean(bce) + 3 * math.log(2), rtol=1e-6)
+    no_onsets, _ = losses.pianoroll_loss(logits, roll, jnp.zeros_like(onsets), 3.0)
+    np.testing.assert_allclose(no_onsets, np.mean(bce), rtol=1e-6)
+
+
+def test_waveform_loss_l2_and_spectral_terms():
+    waveform_loss = jax.jit(losses.waveform_loss, static_argnames="stft_resolutions")
+    t = np.arange(2048) / 16000
+    target = np.stack([np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 300 * t)])
+    target = jnp.asarray(target[..., None], jnp.float32)
+    same, parts = waveform_loss(target, target)
+    assert same == 0 and parts["spectral_convergence"] == 0 and parts["log_magnitude"] == 0
+
+    pred = target + 0.1
+    l2_only, parts = waveform_loss(pred, target, spectral_weight=0.0)
+    np.testing.assert_allclose(l2_only, 0.01, rtol=1e-4)
+    loss, parts = waveform_loss(pred, target, spectral_weight=2.0)
+    assert parts["spectral_convergence"] > 0 and parts["log_magnitude"] > 0
+    np.testing.assert_allclose(
+        loss, 0.01 + 2 * (parts["spectral_convergence"] + parts["log_magnitude"]), rtol=1e-4)
+
+
+def test_stft_magnitude_peaks_at_the_sine_bin():
+    sine = jnp.asarray(np.sin(2 * np.pi * 16 * np.arange(4096) / 256)[None], jnp.float32)
+    magnitude = losses.stft_magnitude(sine, n_fft=256, hop=64, win_length=256)
+    assert magnitude.shape == (1, 4096 // 64 + 1, 129)
+    np.testing.assert_array_equal(magnitude[0, 4:-4].argmax(-1), 16)
+
+
+def test_vqvae_loss_sums_levels_and_commitment():
+    batch = synthetic_rolls((2, 16, 8), notes=3)
+    outputs = [normal((2, 16, 8), seed) for seed in range(2)]
+    stats = quantizers.codebook_stats(np.arange(4), 4)
+    aux = {"commit_loss": jnp.float32(0.5), "commit_losses": [0.2, 0.3],
+           "codebook_stats": [stats, stats]}
+    config = tiny_config()
+    loss, metrics = losses.vqvae_loss(outputs, batch, aux, config)
+    recons = [losses.pianoroll_loss(o, batch["inputs"], batch["onsets"], 1.0)[0]
+              for o in outputs]
+    np.testing.assert_allclose(loss, sum(recons) + 0.5, rtol=1e-6)
+    np.testing.assert_allclose(metrics["level1/recon"], recons[1], rtol=1e-6)
+    assert metrics["level1/commit"] == 0.3 and metrics["level0/perplexity"] == 4
+    assert {"loss", "recon_loss", "commit_loss", "level0/onset_bce"} <= set(metrics)
+
+
+def test_vqvae_loss_on_waveforms_uses_the_configured_stft():
+    config = tiny_config()
+    config.output = "waveform"
+    config.loss.update(stft_resolutions=((64, 16, 64),), spectral_weight=0.5)
+    target, output = normal((2, 256, 1), seed=0), normal((2, 256, 1), seed=1)
+    aux = {"commit_loss": 0.1, "commit_losses": [0.1],
+           "codebook_stats": [quantizers.codebook_stats(np.arange(4), 4)]}
+    loss, metrics = losses.vqvae_loss([output], {"inputs": target}, aux, config)
+    expected, _ = losses.waveform_loss(output, target, ((64, 16, 64),), 0.5)
+    np.testing.assert_allclose(loss, expected + 0.1, rtol=1e-6)
+    assert metrics["level0/spectral_convergence"] > 0
+
+
+def test_jukebox_config_builds_the_published_model():
+    config = vqvae.jukebox_model_config()
+    model = vqvae.vqvae_from_config(config, 1)
+    assert model.hops == (8, 32, 128)
+    assert (config.quantizer.codebook_size, config.quantizer.code_dim) == (2048, 64)
+    assert config.output == "waveform" and config.loss.spectral_weight > 0
