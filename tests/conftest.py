@@ -60,3 +60,33 @@ def write_musicnet(root: Path, recordings=TINY, with_audio: bool = True,
 @pytest.fixture
 def tiny_musicnet(tmp_path) -> Path:
     return write_musicnet(tmp_path / "source")
+
+
+def prior_config_for(root, tfds_dir, steps):
+    """A tiny prior over the codes of the tiny VQ-VAE in root/vqvae."""
+    from configs import prior as prior_config  # pylint: disable=g-import-not-at-top
+    config = prior_config.get_config("runlocal")
+    config.data.tfds_data_dir = tfds_dir
+    config.prior.vqvae_workdir = str(root / "vqvae")
+    config.num_train_steps = steps
+    config.batch_size = 8
+    config.model.max_len = 32
+    config.log_every = 1
+    config.eval_every = config.checkpoint_every = 3
+    config.mesh.num_devices = 1
+    return config
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """A tiny VQ-VAE trained on the sample set, then a tiny prior over its codes."""
+    from musicflax.train import trainer  # pylint: disable=g-import-not-at-top
+    from train_test import tiny_config  # pylint: disable=g-import-not-at-top
+    root = tmp_path_factory.mktemp("runs")
+    tfds_dir = str(root / "tfds")
+    vqvae = tiny_config(tfds_dir, steps=30, **{"optim.learning_rate": 3e-3})
+    vqvae.eval_every = vqvae.checkpoint_every = 30
+    vqvae.image_every = 0
+    trainer.train_and_evaluate(vqvae, str(root / "vqvae"))
+    trainer.train_and_evaluate(prior_config_for(root, tfds_dir, steps=6), str(root / "prior"))
+    return root, tfds_dir

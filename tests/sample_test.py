@@ -13,38 +13,11 @@ import pretty_midi
 import pytest
 from scipy.io import wavfile
 
-from configs import prior as prior_config
+from conftest import prior_config_for
 from musicflax.train import codes, trainer
-from train_test import logged, tiny_config
+from train_test import logged
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A tiny VQ-VAE, then a prior over its codes."""
-    root = tmp_path_factory.mktemp("runs")
-    tfds_dir = str(root / "tfds")
-    vqvae = tiny_config(tfds_dir, steps=30, **{"optim.learning_rate": 3e-3})
-    vqvae.eval_every = vqvae.checkpoint_every = 30
-    vqvae.image_every = 0
-    trainer.train_and_evaluate(vqvae, str(root / "vqvae"))
-    prior = prior_config_for(root, tfds_dir, steps=6)
-    trainer.train_and_evaluate(prior, str(root / "prior"))
-    return root, tfds_dir
-
-
-def prior_config_for(root, tfds_dir, steps):
-    config = prior_config.get_config("runlocal")
-    config.data.tfds_data_dir = tfds_dir
-    config.prior.vqvae_workdir = str(root / "vqvae")
-    config.num_train_steps = steps
-    config.batch_size = 8
-    config.model.max_len = 32
-    config.log_every = 1
-    config.eval_every = config.checkpoint_every = 3
-    config.mesh.num_devices = 1
-    return config
 
 
 def test_codes_are_cached_and_a_stale_cache_is_rebuilt(runs):
@@ -61,8 +34,8 @@ def test_codes_are_cached_and_a_stale_cache_is_rebuilt(runs):
     again = codes.encode_split(root / "vqvae", "validation")
     np.testing.assert_array_equal(again.codes, first.codes)
     assert json.loads(str(np.load(path)["fingerprint"]))["vqvae_config"] != "something else"
-    # 128-frame windows at hop 4 -> 32 codes per window, whole windows per recording.
-    assert (np.diff(first.offsets) % 32 == 0).all() and first.codebook_size == 32
+    # 128-frame windows at hop 2 -> 64 codes per window, whole windows per recording.
+    assert (np.diff(first.offsets) % 64 == 0).all() and first.codebook_size == 32
 
 
 def test_prior_trains_through_the_shared_loop_and_resumes_exactly(runs):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import jax
-import numpy as np
 from absl import flags, logging
 from clu import metric_writers
 from ml_collections import config_flags
@@ -25,6 +24,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The VQ-VAE workdir to evaluate.
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split.")
 flags.mark_flags_as_required(["workdir"])
+
+
+def _plain(value):
+    """numpy scalars and arrays -> JSON numbers and lists."""
+    return value.tolist() if hasattr(value, "tolist") else float(value)
 
 
 def flat_scalars(tree, prefix="") -> dict[str, float]:
@@ -65,12 +69,17 @@ def main(argv):
         "window_frames": windows.window, "window_seconds": windows.window / data.frame_rate,
         "split_ids": windows.data.ids.tolist(), "windows": len(windows),
     }
-    for name, settings in eval_config.evals.items():
-        if not settings.get("enabled", True):
+    unknown = set(eval_config.evals) - set(evaluators.EVALUATORS)
+    if unknown:
+        raise app.UserError(f"unknown evaluators {sorted(unknown)}; known: "
+                            f"{list(evaluators.EVALUATORS)}")
+    for name in evaluators.EVALUATORS:  # a fixed order: later sections reuse earlier passes
+        settings = eval_config.evals.get(name)
+        if settings is None or not settings.get("enabled", True):
             continue
         logging.info("evaluator %s", name)
         report[name] = evaluators.EVALUATORS[name](ctx, settings)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=_plain))
     if jax.process_index() == 0:
         writer = metric_writers.create_default_writer(out_dir, asynchronous=False)
         writer.write_scalars(step, flat_scalars(
@@ -79,9 +88,9 @@ def main(argv):
             writer.write_images(step, {k: v[None] for k, v in ctx.images.items()})
         writer.close()
     print(f"report: {out_dir / 'report.json'}")
-    print(json.dumps({k: v for k, v in flat_scalars(
-        {k: v for k, v in report.items() if isinstance(v, dict)}).items()}, indent=1,
-        default=float)[:4000])
+    for name, value in flat_scalars({k: v for k, v in report.items()
+                                     if isinstance(v, dict)}).items():
+        print(f"  {name:<48} {value:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,101 @@
+"""Eval entry point: metrics on hand-computed cases, and a full report on a tiny trained model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musicflax.models import metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def roll_with_notes(t=40, c=8, seed=0):
+    rng = np.random.default_rng(seed)
+    roll = np.zeros((1, t, c), bool)
+    for ch in range(c):
+        for start in range(rng.integers(0, 4), t - 6, 10):
+            roll[0, start:start + 5, ch] = True
+    return roll
+
+
+def test_perfect_reconstruction_scores_one_and_a_shift_scores_what_it_should():
+    roll = roll_with_notes()
+    onsets = metrics.onsets_from_roll(jnp.asarray(roll))
+    for counts in (metrics.frame_counts(roll, roll), metrics.onset_counts(onsets, onsets)):
+        assert metrics.f1(counts)["f1"] == 1.0
+    # Shift by 1 frame: onsets still match within ±1; frames lose 1 of 5 per note each side.
+    shifted = np.roll(roll, 1, axis=1)
+    assert metrics.f1(metrics.onset_counts(metrics.onsets_from_roll(jnp.asarray(shifted)),
+                                           onsets, tolerance=1))["f1"] == 1.0
+    assert metrics.f1(metrics.frame_counts(shifted, roll))["f1"] == pytest.approx(4 / 5)
+    # Shift by 2: no onset within ±1 -> onset F1 = 0.
+    shifted2 = np.roll(roll, 2, axis=1)
+    assert metrics.f1(metrics.onset_counts(metrics.onsets_from_roll(jnp.asarray(shifted2)),
+                                           onsets, tolerance=1))["f1"] == 0.0
+    # Masked windows do not count.
+    empty = np.zeros_like(roll)
+    counts = metrics.frame_counts(np.concatenate([roll, empty]), np.concatenate([roll, roll]),
+                                  mask=np.array([True, False]))
+    assert metrics.f1(counts)["f1"] == 1.0
+
+
+def test_uniform_codes_have_perplexity_k():
+    stats = metrics.histogram_stats(np.full(64, 10))
+    assert stats["perplexity"] == pytest.approx(64) and stats["normalized_entropy"] == \
+        pytest.approx(1.0) and stats["usage"] == 1.0 and stats["dead_codes"] == 0
+    one = metrics.histogram_stats(np.eye(64)[3] * 50)
+    assert one["perplexity"] == pytest.approx(1.0) and one["usage"] == 1 / 64
+
+
+def run_eval(*args):
+    return subprocess.run([sys.executable, "-m", "musicflax.eval", "--config=configs/eval.py:runlocal",
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def test_report_has_every_section(runs):
+    root, _ = runs
+    proc = run_eval(f"--workdir={root / 'vqvae'}", f"--config.evals.prior.workdir={root / 'prior'}",
+                    f"--config.evals.generated.workdir={root / 'prior'}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = root / "vqvae" / "eval" / "30" / "validation"
+    report = json.loads((out / "report.json").read_text())
+    for section in ("codebook", "reconstruction", "probes", "latent_space", "prior", "generated"):
+        assert section in report and "skipped" not in report[section], section
+    assert report["split_ids"] and report["windows"] > 0 and report["config_hash"]
+    level = report["codebook"]["level0"]
+    assert 0 < level["usage"] <= 1 and 1 <= level["perplexity"] <= 32
+    assert level["bitrate_max"] == pytest.approx(level["codes_per_second"] * 5)
+    assert 0 <= report["reconstruction"]["onset_f1"] <= 1
+    probe = report["probes"]["composer_level0"]
+    assert 0 <= probe["accuracy"] <= 1 and 0 < probe["majority_baseline"] <= 1
+    prior = report["prior"]
+    assert prior["uniform_bits"] == pytest.approx(5.0) and prior["bits_per_code"] > 0
+    assert "bigram_xent_bits" in prior
+    for name in (report["codebook"]["level0"]["figure"], report["latent_space"]["pca_figure"],
+                 *report["reconstruction"]["figures"]):
+        assert (out / name).stat().st_size > 1000
+    assert (out / report["latent_space"]["interpolation_midi"]).exists()
+    assert list(out.glob("events.out.tfevents.*"))
+
+
+def test_clear_errors_for_missing_workdir_and_corrupt_checkpoint(runs, tmp_path):
+    root, _ = runs
+    proc = run_eval(f"--workdir={tmp_path / 'nowhere'}")
+    assert proc.returncode == 2 and "not a musicflax workdir" in proc.stderr.splitlines()[-1]
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "vqvae", broken, ignore=shutil.ignore_patterns("eval", "codes"))
+    for f in (broken / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 100:
+            f.write_bytes(b"corrupt")
+    proc = run_eval(f"--workdir={broken}")
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error:"), \
+        proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
