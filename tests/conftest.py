@@ -9,6 +9,10 @@ from pathlib import Path
 # Tests shard over 8 fake CPU devices; this must be set before JAX starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA:CPU compiles the default (partitionable) threefry RNG slowly: model init compiles in
+# half the time without it. Tests compare runs under one setting, so either is sound; the
+# subprocesses the tests start inherit it.
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
