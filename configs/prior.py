@@ -30,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         max_len=128, cond_drop_prob=0.1)
     config.optim.update(learning_rate=1e-3, warmup_steps=100)
     config.batch_size = 32
-    config.num_train_steps = 1500
+    config.num_train_steps = 600
+    config.eval_every = config.checkpoint_every = 200
     config.image_every = 0
     if arg == "runlocal":
         config.model.update(num_layers=1, num_heads=2, head_dim=16, mlp_dim=64)

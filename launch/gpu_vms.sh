@@ -36,16 +36,7 @@ PROG=launch/gpu_vms.sh
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 JAX_SPEC='jax[cuda12]==0.10.2'
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-
-# Shell-quotes one word so that the printed command can be pasted back into a shell.
-q() {
-  local s=$1 sq="'\\''"
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$s"
-  else printf "'%s'" "${s//"'"/"$sq"}"; fi
-}
-qline() { local out="" w; for w in "$@"; do out+="${out:+ }$(q "$w")"; done; printf '%s' "$out"; }
+source "$REPO/launch/common.sh"
 # Prints the command (--dry-run) or runs it.
 run() { if ((dry_run)); then qline "$@"; echo; else "$@"; fi; }
 

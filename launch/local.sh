@@ -22,16 +22,7 @@ set -euo pipefail
 PROG=launch/local.sh
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-
-# Shell-quotes one word so that the printed command can be pasted back into a shell.
-q() {
-  local s=$1 sq="'\\''"
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$s"
-  else printf "'%s'" "${s//"'"/"$sq"}"; fi
-}
-qline() { local out="" w; for w in "$@"; do out+="${out:+ }$(q "$w")"; done; printf '%s' "$out"; }
+source "$REPO/launch/common.sh"
 
 config=configs/default.py workdir="" devices="" dry_run=0
 extra=()
