@@ -97,6 +97,20 @@ def test_sharded_step_equals_single_device_and_restores_on_fewer_devices(tfds_di
     assert sorted(logged(tmp_path / "eight")) == [1, 2, 3, 4, 5]
 
 
+def test_fsdp_sharded_params_train_like_replicated_ones(tfds_dir, tmp_path):
+    runs = {}
+    for mode in ("replicated", "fsdp"):
+        config = tiny_config(tfds_dir, steps=2, **{"mesh.num_devices": 8, "param_sharding": mode,
+                                                   "model.width": 32})
+        state = trainer.train_and_evaluate(config, str(tmp_path / mode))
+        runs[mode] = (state, logged(tmp_path / mode))
+    split = [x for x in jax.tree.leaves(runs["fsdp"][0].params)
+             if not x.sharding.is_fully_replicated]
+    assert split, "fsdp left every parameter replicated"
+    np.testing.assert_allclose([runs["fsdp"][1][s] for s in (1, 2)],
+                               [runs["replicated"][1][s] for s in (1, 2)], rtol=2e-5)
+
+
 @pytest.mark.parametrize("quantizer", ["ema_vq", "fsq"])
 def test_vq_and_fsq_both_train(tfds_dir, tmp_path, quantizer):
     config = tiny_config(tfds_dir, steps=20, **{"model.quantizer.type": quantizer,

@@ -66,6 +66,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Grad
 
 # ---------------------------------------------------------------------------- shardings
 
+FSDP_MIN_SIZE = 2**10  # smaller arrays stay replicated: splitting them saves nothing
+
 def param_shardings(tree: Any, mesh: jax.sharding.Mesh, mode: str) -> Any:
     """'replicated', or 'fsdp': each large array split along its largest dividing axis."""
     if mode == "replicated":
@@ -75,7 +77,7 @@ def param_shardings(tree: Any, mesh: jax.sharding.Mesh, mode: str) -> Any:
     size = mesh.shape[sharding.DATA_AXIS]
 
     def rule(x):
-        if x.ndim == 0 or x.size < 2**14:
+        if x.ndim == 0 or x.size < FSDP_MIN_SIZE:
             return sharding.replicated(mesh)
         for axis in np.argsort(x.shape)[::-1]:
             if x.shape[axis] % size == 0:
