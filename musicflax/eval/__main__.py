@@ -4,7 +4,8 @@
         [--split=validation|test] [--config.evals.prior.workdir=PRIOR_DIR]
 
 Writes DIR/eval/<step>/<split>/report.json, PNG figures beside it, and TensorBoard
-scalars/images in the same folder. Every number is over the whole split.
+scalars/images in the same folder. Every number is over the whole split. The model is
+replicated over all local devices and each batch is split over them (one CPU works too).
 """
 
 from __future__ import annotations
@@ -45,17 +46,20 @@ def flat_scalars(tree, prefix="") -> dict[str, float]:
 def main(argv):
     del argv
     from musicflax.eval import evaluators  # pylint: disable=g-import-not-at-top
-    from musicflax.train import codes, trainer  # pylint: disable=g-import-not-at-top
+    from musicflax.train import codes, sharding, trainer  # pylint: disable=g-import-not-at-top
 
     eval_config = _CONFIG.value
-    config, task, state = trainer.load_state(_WORKDIR.value, _STEP.value)
+    # Replicated over every local device; each pass splits its batches over them.
+    devices = jax.local_devices()
+    config, task, state = trainer.load_state(_WORKDIR.value, _STEP.value, devices=devices)
     if config.task != "vqvae":
         raise app.UserError(f"{_WORKDIR.value} holds a {config.task!r} run; evaluate the "
                             "VQ-VAE workdir and pass the prior as --config.evals.prior.workdir")
     step = int(state.step)
     out_dir = trainer.absolute(_WORKDIR.value) / "eval" / str(step) / _SPLIT.value
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = evaluators.Context(config, eval_config, task, state, _SPLIT.value, out_dir)
+    ctx = evaluators.Context(config, eval_config, task, state, _SPLIT.value, out_dir,
+                             mesh=sharding.make_mesh(1, devices))
     try:
         windows = ctx.windows
     except ValueError as e:

@@ -22,6 +22,7 @@ from musicflax.audio import midi, plots
 from musicflax.data import input_pipeline
 from musicflax.eval import audio_metrics, probes, statistics
 from musicflax.models import metrics
+from musicflax.train import sharding
 
 
 @dataclasses.dataclass
@@ -34,6 +35,7 @@ class Context:
     state: Any                               # its TrainState
     split: str
     out_dir: epath.Path
+    mesh: Any = None                         # batches are split over its data axis
     images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
@@ -95,7 +97,7 @@ def encode_windows(ctx: Context, windows: input_pipeline.Windows, reconstruct: b
     seen = 0
     for batch in input_pipeline.as_numpy(windows.eval_dataset(ctx.eval_config.batch_size)):
         mask = batch["mask"]
-        out = jax.device_get(run(batch))
+        out = jax.device_get(run(sharding.global_batch(batch, ctx.mesh) if ctx.mesh else batch))
         for k in keep:
             keep[k].append(batch[k][mask])
         for k, v in out.items():

@@ -197,8 +197,9 @@ def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
 
 
 def load_state(workdir: epath.PathLike, step: int | None = None,
-               config: ml_collections.ConfigDict | None = None):
-    """(config, task, state) of a run's checkpoint (latest unless `step`), on local devices.
+               config: ml_collections.ConfigDict | None = None, devices=None):
+    """(config, task, state) of a run's checkpoint (latest unless `step`), replicated over
+    `devices` (default: one local device).
 
     The task's data is not loaded until used, so loading a model for sampling is cheap.
     """
@@ -206,7 +207,7 @@ def load_state(workdir: epath.PathLike, step: int | None = None,
     config = config or load_config(workdir)
     task = create_task(config, workdir)
     tx, _ = make_optimizer(config.optim, config.num_train_steps)
-    mesh = sharding.make_mesh(1, jax.local_devices()[:1])
+    mesh = sharding.make_mesh(1, devices or jax.local_devices()[:1])
     init, layout = state_layout(config, task, tx, mesh)
     if not (workdir / "checkpoints").exists():
         raise app.UserError(f"{workdir}/checkpoints: no checkpoint folder")
