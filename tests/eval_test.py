@@ -99,3 +99,33 @@ def test_clear_errors_for_missing_workdir_and_corrupt_checkpoint(runs, tmp_path)
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error:"), \
         proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_waveform_report_has_audio_metrics_and_the_pitch_probe(tmp_path):
+    import conftest  # pylint: disable=g-import-not-at-top
+    from configs import waveform  # pylint: disable=g-import-not-at-top
+    from musicflax.data import musicnet  # pylint: disable=g-import-not-at-top
+    from musicflax.train import trainer  # pylint: disable=g-import-not-at-top
+
+    source = conftest.write_musicnet(tmp_path / "src", with_audio=False)
+    (source / musicnet.SAMPLE_SET_MARKER).write_text(json.dumps(
+        {"name": "tiny", "audio": "synthesized",
+         "splits": {"musicnet": {"validation": [1728, 1733]}}}))
+    config = waveform.get_config("runlocal")
+    config.data.update(source=str(source), tfds_data_dir=str(tmp_path / "tfds"))
+    config.model.update(width=8, res_depth=1, levels=1, downs_t=(3,), strides_t=(2,))
+    config.model.quantizer.update(codebook_size=16, code_dim=4, kmeans_iters=1)
+    config.update(num_train_steps=2, batch_size=8, eval_every=2, checkpoint_every=2,
+                  image_every=0)
+    config.mesh.num_devices = 1
+    trainer.train_and_evaluate(config, str(tmp_path / "wave"))
+    proc = run_eval(f"--workdir={tmp_path / 'wave'}", "--config.evals.reconstruction.figures=1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((tmp_path / "wave/eval/2/validation/report.json").read_text())
+    recon = report["reconstruction"]
+    assert recon["spectral_convergence_db"] < 10 and recon["si_sdr_db"] < 100
+    assert recon["log_mel_l1"] > 0 and recon["mr_stft"] > 0
+    pitch = report["probes"]["pitch"]
+    assert 0 <= pitch["latent_average_precision"] <= 1
+    assert 0 <= pitch["raw_spectrum_average_precision"] <= 1
+    assert report["sample_rate"] == 16000
