@@ -113,14 +113,14 @@ def test_fsdp_sharded_params_train_like_replicated_ones(tfds_dir, tmp_path):
 
 @pytest.mark.parametrize("quantizer", ["ema_vq", "fsq"])
 def test_vq_and_fsq_both_train(tfds_dir, tmp_path, quantizer):
-    config = tiny_config(tfds_dir, steps=20, **{"model.quantizer.type": quantizer,
+    config = tiny_config(tfds_dir, steps=40, **{"model.quantizer.type": quantizer,
                                                 "model.quantizer.fsq_levels": (4, 4, 2),
                                                 "optim.learning_rate": 3e-3})
-    config.eval_every = config.checkpoint_every = config.image_every = 20
+    config.eval_every = config.checkpoint_every = config.image_every = 40
     trainer.train_and_evaluate(config, str(tmp_path))
     losses = logged(tmp_path)
-    assert np.mean([losses[s] for s in (18, 19, 20)]) < 0.8 * np.mean([losses[s] for s in (1, 2, 3)])
-    assert logged(tmp_path, "validation/level0/usage")[20] > 0.1
+    assert np.mean([losses[s] for s in (38, 39, 40)]) < 0.7 * np.mean([losses[s] for s in (1, 2, 3)])
+    assert logged(tmp_path, "validation/level0/usage")[40] > 0.1
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_path):
