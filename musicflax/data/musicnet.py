@@ -80,6 +80,7 @@ class Recording:
     labels_path: Path
     audio_path: Path | None
     metadata: Mapping[str, str]
+    notes: Notes  # parsed and checked once, by the scan
 
 
 @dataclasses.dataclass
@@ -308,11 +309,12 @@ def scan(root: os.PathLike | str, on_bad_row: str = "error") -> tuple[Layout, Sc
             if rec_id not in metadata:
                 report.skip(labels_path, f"id {rec_id} has no row in {layout.metadata_csv.name}")
                 continue
-            if not len(read_labels(labels_path, on_bad_row, report)):
+            notes = read_labels(labels_path, on_bad_row, report)
+            if not len(notes):
                 report.skip(labels_path, "empty recording (no notes)")
                 continue
             report.recordings.append(Recording(rec_id, folder, labels_path, audio_path,
-                                               metadata[rec_id]))
+                                               metadata[rec_id], notes))
         if data_dir is not None:
             for wav in sorted(data_dir.glob("*.wav")):
                 if wav.stem.isdigit() and int(wav.stem) not in label_ids:

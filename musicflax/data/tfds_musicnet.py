@@ -117,7 +117,7 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, recordings):
         cfg = self.builder_config
         for rec in recordings:
-            notes = musicnet.read_labels(rec.labels_path, cfg.on_bad_row)
+            notes = rec.notes
             example = {
                 "id": rec.id,
                 **{k: rec.metadata.get(k, "") for k in ("composer", "composition", "movement",

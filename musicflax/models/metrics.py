@@ -18,14 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _masked_total(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Sum of a [B, T, C] map over the windows that `mask` [B] keeps (all without a mask)."""
+    per_window = jnp.sum(x, axis=(1, 2)).astype(jnp.float32)
+    return jnp.sum(per_window if mask is None else per_window * mask.astype(jnp.float32))
+
+
 def frame_counts(pred: jax.Array, ref: jax.Array, mask: jax.Array | None = None) -> dict:
     """Frame-level counts for binary rolls [B, T, C]; mask [B] drops padded windows."""
     pred, ref = pred.astype(bool), ref.astype(bool)
-    w = jnp.ones(pred.shape[0]) if mask is None else mask.astype(jnp.float32)
-    per_window = lambda x: jnp.sum(x, axis=(1, 2)).astype(jnp.float32)
-    return {"tp": jnp.sum(w * per_window(pred & ref)),
-            "fp": jnp.sum(w * per_window(pred & ~ref)),
-            "fn": jnp.sum(w * per_window(~pred & ref))}
+    return {"tp": _masked_total(pred & ref, mask), "fp": _masked_total(pred & ~ref, mask),
+            "fn": _masked_total(~pred & ref, mask)}
 
 
 def onsets_from_roll(roll: jax.Array) -> jax.Array:
@@ -47,13 +50,13 @@ def onset_counts(pred_onsets: jax.Array, ref_onsets: jax.Array, tolerance: int =
             out = out | jnp.pad(x[:, s:], ((0, 0), (0, s), (0, 0))) \
                       | jnp.pad(x[:, :t - s], ((0, 0), (s, 0), (0, 0)))
         return out
-    w = jnp.ones(pred.shape[0]) if mask is None else mask.astype(jnp.float32)
+    # Matches counted from each side, per window; their minimum is the one-to-one count.
     per_window = lambda x: jnp.sum(x, axis=(1, 2)).astype(jnp.float32)
-    pred_hit = per_window(pred & dilate(ref))
-    ref_hit = per_window(ref & dilate(pred))
-    tp = jnp.minimum(pred_hit, ref_hit)
-    return {"tp": jnp.sum(w * tp), "fp": jnp.sum(w * (per_window(pred) - tp)),
-            "fn": jnp.sum(w * (per_window(ref) - tp))}
+    tp = jnp.minimum(per_window(pred & dilate(ref)), per_window(ref & dilate(pred)))
+    weight = 1.0 if mask is None else mask.astype(jnp.float32)
+    tp = jnp.sum(tp * weight)
+    return {"tp": tp, "fp": _masked_total(pred, mask) - tp,
+            "fn": _masked_total(ref, mask) - tp}
 
 
 def f1(counts: dict, prefix: str = "") -> dict[str, float]:
