@@ -41,17 +41,20 @@ def normal(shape, seed=0):
 
 
 def synthetic_rolls(shape=PIANOROLL, notes=12, seed=0):
-    """Windows of sustained notes starting on a grid of 8 frames, with their onsets."""
+    """Windows of sustained notes starting on a grid of 8 frames: the roll in the first half of
+    the channels, its onsets in the second half (the layout piano-roll models see)."""
     num, frames, channels = shape
+    channels //= 2
     rng = np.random.default_rng(seed)
-    roll = np.zeros(shape, np.uint8)
+    roll = np.zeros((num, frames, channels), np.uint8)
     onsets = np.zeros_like(roll)
     for i in range(num):
         for _ in range(notes):
             start, pitch = 8 * rng.integers(frames // 8), rng.integers(channels)
             roll[i, start:start + 8 * rng.integers(1, 4), pitch] = 1
             onsets[i, start, pitch] = 1
-    return {"inputs": jnp.asarray(roll), "onsets": jnp.asarray(onsets)}
+    return {"inputs": jnp.asarray(np.concatenate([roll, onsets], -1)),
+            "onset_channels": jnp.arange(2 * channels) >= channels}
 
 
 # ---------------------------------------------------------------------------- model
@@ -332,17 +335,29 @@ def test_codebook_stats_of_uniform_and_single_code_batches():
 # ---------------------------------------------------------------------------- losses
 
 def test_pianoroll_loss_by_hand():
+    # Channel 0 holds notes, channel 1 onsets.
     logits = jnp.array([[[0.0, 2.0], [-1.0, 0.5]]])
-    roll = jnp.array([[[1, 0], [0, 1]]], jnp.uint8)
-    onsets = jnp.array([[[1, 0], [0, 0]]], jnp.uint8)
-    bce = [math.log(2), math.log(1 + math.e ** 2), math.log(1 + math.e ** -1),
-           math.log(1 + math.e ** -0.5)]
-    loss, parts = losses.pianoroll_loss(logits, roll, onsets, onset_weight=3.0)
-    np.testing.assert_allclose(parts["bce"], np.mean(bce), rtol=1e-6)
-    np.testing.assert_allclose(parts["onset_bce"], math.log(2), rtol=1e-6)
-    np.testing.assert_allclose(loss, np.mean(bce) + 3 * math.log(2), rtol=1e-6)
-    no_onsets, _ = losses.pianoroll_loss(logits, roll, jnp.zeros_like(onsets), 3.0)
-    np.testing.assert_allclose(no_onsets, np.mean(bce), rtol=1e-6)
+    targets = jnp.array([[[1, 0], [0, 1]]], jnp.uint8)
+    onset_channels = jnp.array([False, True])
+    note_bce = (math.log(2) + math.log(1 + math.e ** -1)) / 2
+    onset_bce = (math.log(1 + math.e ** 2) + math.log(1 + math.e ** -0.5)) / 2
+    loss, parts = losses.pianoroll_loss(logits, targets, onset_channels, onset_weight=3.0)
+    np.testing.assert_allclose(parts["bce"], note_bce, rtol=1e-6)
+    np.testing.assert_allclose(parts["onset_bce"], onset_bce, rtol=1e-6)
+    np.testing.assert_allclose(loss, note_bce + 3 * onset_bce, rtol=1e-6)
+    no_onsets, parts = losses.pianoroll_loss(logits, targets, jnp.zeros(2, bool), 3.0)
+    assert parts["onset_bce"] == 0
+    np.testing.assert_allclose(no_onsets, (note_bce + onset_bce) / 2, rtol=1e-6)
+
+
+def test_pianoroll_loss_prefers_calibrated_onsets():
+    """Firing an onset everywhere must cost more than firing it only where it is."""
+    targets = jnp.zeros((1, 64, 2)).at[0, 10, 1].set(1.0)
+    onset_channels = jnp.array([False, True])
+    exact = jnp.where(targets > 0, 5.0, -5.0)
+    everywhere = jnp.full_like(targets, 5.0).at[..., 0].set(-5.0)
+    loss = lambda logits: losses.pianoroll_loss(logits, targets, onset_channels, 1.0)[0]
+    assert loss(exact) < loss(everywhere) / 10
 
 
 def test_waveform_loss_l2_and_spectral_terms():
@@ -377,7 +392,7 @@ def test_vqvae_loss_sums_levels_and_commitment():
            "codebook_stats": [stats, stats]}
     config = tiny_config()
     loss, metrics = losses.vqvae_loss(outputs, batch, aux, config)
-    recons = [losses.pianoroll_loss(o, batch["inputs"], batch["onsets"], 1.0)[0]
+    recons = [losses.pianoroll_loss(o, batch["inputs"], batch["onset_channels"], 1.0)[0]
               for o in outputs]
     np.testing.assert_allclose(loss, sum(recons) + 0.5, rtol=1e-6)
     np.testing.assert_allclose(metrics["level1/recon"], recons[1], rtol=1e-6)

@@ -15,17 +15,23 @@ STFT_RESOLUTIONS = ((2048, 512, 2048), (1024, 256, 1024), (512, 128, 512))
 _MIN_POWER = 1e-7
 
 
-def pianoroll_loss(logits: jax.Array, roll: jax.Array, onsets: jax.Array,
+def pianoroll_loss(logits: jax.Array, targets: jax.Array, onset_channels: jax.Array,
                    onset_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """mean BCE over all entries + onset_weight * mean BCE over the entries that are onsets.
+    """mean BCE over the note channels + onset_weight * mean BCE over the onset channels.
 
-    Onsets are a tiny fraction of a roll, so their term is averaged over onsets only (0 when
-    there are none) and keeps its weight however sparse the batch is.
+    `targets` [B, T, C] are binary; `onset_channels` [C] (bool) marks the channels that hold
+    onsets. Both terms average over all their entries, positives and negatives alike, so the
+    logits stay calibrated (0 is the decision threshold). Averaging over the onset positives
+    alone would reward firing onsets everywhere: every positive would outweigh thousands of
+    negatives.
     """
-    roll, onsets = roll.astype(jnp.float32), onsets.astype(jnp.float32)
-    bce = jax.nn.softplus(logits) - logits * roll
-    note_bce = jnp.mean(bce)
-    onset_bce = jnp.sum(bce * onsets) / jnp.maximum(jnp.sum(onsets), 1.0)
+    targets = targets.astype(jnp.float32)
+    onset_channels = jnp.asarray(onset_channels, bool)
+    per_channel = jnp.mean(jax.nn.softplus(logits) - logits * targets, axis=(0, 1))
+    note_bce = jnp.sum(jnp.where(onset_channels, 0.0, per_channel)) / jnp.maximum(
+        jnp.sum(~onset_channels), 1)
+    onset_bce = jnp.sum(jnp.where(onset_channels, per_channel, 0.0)) / jnp.maximum(
+        jnp.sum(onset_channels), 1)
     return note_bce + onset_weight * onset_bce, {"bce": note_bce, "onset_bce": onset_bce}
 
 
@@ -71,7 +77,7 @@ def vqvae_loss(outputs: Sequence[jax.Array], batch: Mapping[str, jax.Array],
     """Sum over levels of the reconstruction loss, plus the (level-summed) commitment loss.
 
     `config` is the model config (its `output` and `loss` entries are read); `batch` holds
-    "inputs" [B, T, C] and, for piano-rolls, "onsets". Metrics are flat float scalars:
+    "inputs" [B, T, C] and, for piano-rolls, "onset_channels" [C] (bool). Metrics are flat float scalars:
     loss, recon_loss, commit_loss, and per level `level{l}/...` (recon, commit, the loss
     parts and the codebook statistics).
     """
@@ -80,7 +86,8 @@ def vqvae_loss(outputs: Sequence[jax.Array], batch: Mapping[str, jax.Array],
     metrics, recon_loss = {}, 0.0
     for level, out in enumerate(outputs):
         if output == "bernoulli":
-            recon, parts = pianoroll_loss(out, inputs, batch["onsets"], weights["onset_weight"])
+            recon, parts = pianoroll_loss(out, inputs, batch["onset_channels"],
+                                           weights["onset_weight"])
         elif output == "waveform":
             recon, parts = waveform_loss(out, inputs, weights["stft_resolutions"],
                                          weights["spectral_weight"])

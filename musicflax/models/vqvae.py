@@ -56,7 +56,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         dtype="float32",           # compute dtype, 'float32' or 'bfloat16'; params stay f32
         output="bernoulli",        # 'bernoulli' (piano-roll logits) or 'waveform'
         loss=dict(
-            onset_weight=1.0,      # weight of the mean BCE over onset positions
+            onset_weight=1.0,      # weight of the mean BCE over the onset channels
             spectral_weight=1.0,   # waveform: weight of the multi-resolution STFT loss
             stft_resolutions=STFT_RESOLUTIONS,  # (n_fft, hop, window length) each
         ),

@@ -142,9 +142,9 @@ class VQVAETask(Task):
 
     def _targets(self, batch) -> dict:
         if self.representation == "pianoroll":
-            # The onset emphasis applies to the onset half of the channels.
-            return {"inputs": self.model_inputs(batch), "onsets": jnp.concatenate(
-                [jnp.zeros_like(batch["onsets"]), batch["onsets"]], -1).astype(jnp.float32)}
+            # The second half of the channels holds the onsets.
+            return {"inputs": self.model_inputs(batch),
+                    "onset_channels": jnp.arange(2 * self.num_channels) >= self.num_channels}
         return {"inputs": batch["inputs"].astype(jnp.float32)}
 
     def loss(self, params, model_state, batch, rng, train: bool):
