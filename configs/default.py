@@ -45,10 +45,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = data_config()
 
     config.model = vqvae.default_model_config()
-    # One level, hop 2 (64 codes per 4.1 s window): 9 bits per 64 ms of four-part music.
-    config.model.update(width=96, res_depth=3, levels=1, downs_t=(1,), strides_t=(2,))
+    # One level, hop 1 (a code per 32 ms frame, 128 per 4.1 s window): 9 bits per frame of
+    # four-part music. Hop 2 halves the bits and reached onset F1 0.61 instead of 0.79 after
+    # 1000 steps.
+    config.model.update(width=96, res_depth=3, levels=1, downs_t=(1,), strides_t=(1,))
     config.model.quantizer.update(codebook_size=512, code_dim=64, init="kmeans")
-    config.model.loss.onset_weight = 1.0
+    # Onsets are ~0.06% of the entries of their channels: without emphasis their logits
+    # rarely pass 0 (onset recall 0.10 at weight 1, 0.67 at weight 10).
+    config.model.loss.onset_weight = 10.0
+
+    # Piano-roll outputs -> notes: onsets are peak-picked from the onset channels (a peak
+    # within ±radius frames whose probability mass there exceeds the threshold).
+    config.decode = ml_collections.ConfigDict(dict(onset_radius=1, onset_threshold=0.5))
 
     config.optim = ml_collections.ConfigDict(dict(
         learning_rate=3e-3, warmup_steps=100, end_lr_factor=0.05, grad_clip=1.0,

@@ -47,6 +47,24 @@ def test_perfect_reconstruction_scores_one_and_a_shift_scores_what_it_should():
     assert metrics.f1(counts)["f1"] == 1.0
 
 
+def test_onset_peak_picking_by_hand():
+    logit = lambda p: np.log(p / (1 - p))
+    probs = np.full((1, 10, 3), 0.01)
+    probs[0, 2:5, 0] = [0.2, 0.3, 0.2]   # spread over 3 frames: one onset at the middle
+    probs[0, 6, 1] = 0.9                 # sharp
+    probs[0, 5:7, 2] = [0.2, 0.2]        # a tie (the earlier frame is the peak), mass 0.41
+    probs[0, 1, 2] = 0.15                # a peak with too little mass
+    onsets = np.asarray(metrics.pick_onsets(jnp.asarray(logit(probs)), radius=1,
+                                            threshold=0.5))
+    expected = np.zeros_like(onsets)
+    expected[0, 3, 0] = expected[0, 6, 1] = True
+    np.testing.assert_array_equal(onsets, expected)
+    # A lower threshold admits the tie's earlier frame, still not the small peak.
+    onsets = np.asarray(metrics.pick_onsets(jnp.asarray(logit(probs)), 1, 0.4))
+    expected[0, 5, 2] = True
+    np.testing.assert_array_equal(onsets, expected)
+
+
 def test_uniform_codes_have_perplexity_k():
     stats = metrics.histogram_stats(np.full(64, 10))
     assert stats["perplexity"] == pytest.approx(64) and stats["normalized_entropy"] == \

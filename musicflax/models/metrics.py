@@ -38,6 +38,26 @@ def onsets_from_roll(roll: jax.Array) -> jax.Array:
     return roll & ~before
 
 
+def pick_onsets(logits: jax.Array, radius: int = 1, threshold: float = 0.5) -> jax.Array:
+    """Onsets [B, T, C] (bool) from onset logits by peak picking.
+
+    A frame is an onset where its probability is the largest within ±`radius` frames (the
+    earliest frame wins a tie) and the probability mass within those frames exceeds
+    `threshold`. A model unsure of an onset's exact frame spreads its probability over
+    neighbours, none of which need pass 0.5 alone; the mass still says an onset is there and
+    the peak says where.
+    """
+    p = jax.nn.sigmoid(logits.astype(jnp.float32))
+    t = p.shape[1]
+    mass, peak = p, jnp.ones(p.shape, bool)
+    for s in range(1, radius + 1):
+        earlier = jnp.pad(p[:, :t - s], ((0, 0), (s, 0), (0, 0)))
+        later = jnp.pad(p[:, s:], ((0, 0), (0, s), (0, 0)))
+        mass = mass + earlier + later
+        peak = peak & (p > earlier) & (p >= later)
+    return peak & (mass > threshold)
+
+
 def onset_counts(pred_onsets: jax.Array, ref_onsets: jax.Array, tolerance: int = 1,
                  mask: jax.Array | None = None) -> dict:
     """Onset matching within ±tolerance frames per channel, for onset maps [B, T, C]."""

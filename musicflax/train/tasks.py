@@ -154,10 +154,12 @@ class VQVAETask(Task):
 
     # -- evaluation ------------------------------------------------------------------------
     def predicted_rolls(self, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(roll, onsets) booleans from piano-roll logits [B, T, 2C]."""
-        c = self.num_channels
-        roll = logits[..., :c] > 0
-        return roll, (logits[..., c:] > 0) & roll
+        """(roll, onsets) booleans from piano-roll logits [B, T, 2C]: the roll where a note is
+        more likely on than off, onsets peak-picked from the onset channels."""
+        c, decode = self.num_channels, self.config.decode
+        onsets = metrics.pick_onsets(logits[..., c:], decode.onset_radius,
+                                     decode.onset_threshold)
+        return logits[..., :c] > 0, onsets
 
     def eval_sums(self, params, model_state, batch) -> dict:
         outputs, aux, _ = self._apply(params, model_state, batch, None, train=False)
