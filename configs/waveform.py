@@ -14,7 +14,7 @@ def get_config(arg: str | None = None):
     config.data.update(representation="waveform", frame_rate=100.0, sample_rate=16000,
                        window_samples=16000, train_hop_frames=25)
     config.model.update(output="waveform", width=64, res_depth=3, levels=2, downs_t=(3, 2),
-                        strides_t=(2, 2))
+                        strides_t=(2, 2), output_bias=0.0)
     config.model.quantizer.update(codebook_size=512, code_dim=64)
     config.optim.learning_rate = 5e-4
     config.batch_size = 16

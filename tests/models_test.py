@@ -117,6 +117,18 @@ def test_decode_of_encode_matches_the_forward_pass(quantizer):
         np.testing.assert_array_equal(decoded, out)
 
 
+def test_output_bias_shifts_the_initial_logits():
+    x = synthetic_rolls()["inputs"]
+    outputs = []
+    for bias in (0.0, -4.6):
+        config = tiny_config(quantizer="fsq")
+        config.output_bias = bias
+        model = vqvae.vqvae_from_config(config, 32)
+        variables = model.init(jax.random.key(0), x, train=False)
+        outputs.append(model.apply(variables, x, train=False)[0][0])
+    np.testing.assert_allclose(outputs[1], outputs[0] - 4.6, atol=1e-5)
+
+
 @pytest.fixture(scope="module", params=["ema_vq", "fsq"])
 def training_run(request):
     """(loss per step, first step's gradients) of 50 Adam steps on fixed synthetic rolls.

@@ -81,7 +81,10 @@ class Encoder(_Tower):
 
 class Decoder(_Tower):
     """Mirror of `Encoder`: k=3 input conv, then per stage (in reverse) a residual stack with
-    reversed dilations and a transposed conv (kernel 2*stride), then a k=3 output projection."""
+    reversed dilations and a transposed conv (kernel 2*stride), then a k=3 output projection
+    whose bias starts at `output_bias`."""
+
+    output_bias: float = 0.0
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -90,4 +93,5 @@ class Decoder(_Tower):
             x = self.stack(reverse=True)(x)
             x = nn.ConvTranspose(self.width, (2 * stride,), strides=(stride,), padding="SAME",
                                  dtype=self.dtype)(x)
-        return nn.Conv(self.out_dim, (3,), dtype=self.dtype)(x)
+        return nn.Conv(self.out_dim, (3,), dtype=self.dtype,
+                       bias_init=nn.initializers.constant(self.output_bias))(x)

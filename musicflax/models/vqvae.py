@@ -54,6 +54,7 @@ def default_model_config() -> ml_collections.ConfigDict:
             fsq_levels=(8, 5, 5, 5),
         ),
         dtype="float32",           # compute dtype, 'float32' or 'bfloat16'; params stay f32
+        output_bias=0.0,           # initial bias of the output layer (logits: -4.6 = 1% on)
         output="bernoulli",        # 'bernoulli' (piano-roll logits) or 'waveform'
         loss=dict(
             onset_weight=1.0,      # weight of the mean BCE over the onset channels
@@ -109,6 +110,7 @@ class VQVAE(nn.Module):
     strides_t: Sequence[int]
     quantizer: Mapping[str, Any]
     dtype: str = "float32"
+    output_bias: float = 0.0
 
     @property
     def hops(self) -> tuple[int, ...]:
@@ -133,7 +135,8 @@ class VQVAE(nn.Module):
         self.encoders = [Encoder(strides=self._strides(level), out_dim=q.dim, **tower)
                          for level, q in enumerate(self.quantizers)]
         self.decoders = [Decoder(strides=self._strides(level), out_dim=self.input_channels,
-                                 **tower) for level in range(self.levels)]
+                                 output_bias=self.output_bias, **tower)
+                         for level in range(self.levels)]
 
     def __call__(self, x: jax.Array, train: bool):
         x = self._check_input(x)
