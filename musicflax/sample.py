@@ -98,6 +98,9 @@ def main(argv):
                     codes_per_second=task.codes_per_second, files=[])
     for i, sample in enumerate(decoded):
         name = out / f"sample_{i:02d}"
+        # The codes themselves, to decode again (another threshold, another VQ-VAE step).
+        with (out / f"sample_{i:02d}_codes.npy").open("wb") as f:
+            np.save(f, np.asarray(codes[i], np.int32))
         if "roll" in sample:
             # Whole codes can overshoot the length asked for by a few frames: cut them.
             frames = int(_SECONDS.value * sample["frame_rate"])

@@ -79,9 +79,12 @@ def test_sampling_writes_midi_wav_png_and_is_deterministic(runs, tmp_path):
         # Instruments are the groups' General MIDI programs (0-based in the file).
         assert programs <= {0, 40, 60}
         assert song.get_end_time() <= 6.0 + 1e-6
-    differs = any((tmp_path / "a" / f"sample_{i:02d}.mid").read_bytes()
-                  != (tmp_path / "c" / f"sample_{i:02d}.mid").read_bytes() for i in range(2))
-    assert differs
+    # Compared as codes: the 20-step VQ-VAE here may decode different codes to the same
+    # (near-silent) MIDI.
+    codes = {d: [np.load(tmp_path / d / f"sample_{i:02d}_codes.npy") for i in range(2)]
+             for d in "abc"}
+    assert all((x == y).all() for x, y in zip(codes["a"], codes["b"]))
+    assert any((x != y).any() for x, y in zip(codes["a"], codes["c"]))
 
 
 def test_priming_and_bad_flags(runs, tmp_path):
