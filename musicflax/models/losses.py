@@ -77,9 +77,9 @@ def vqvae_loss(outputs: Sequence[jax.Array], batch: Mapping[str, jax.Array],
     """Sum over levels of the reconstruction loss, plus the (level-summed) commitment loss.
 
     `config` is the model config (its `output` and `loss` entries are read); `batch` holds
-    "inputs" [B, T, C] and, for piano-rolls, "onset_channels" [C] (bool). Metrics are flat float scalars:
-    loss, recon_loss, commit_loss, and per level `level{l}/...` (recon, commit, the loss
-    parts and the codebook statistics).
+    "inputs" [B, T, C] and, for piano-rolls, "onset_channels" [C] (bool). Metrics are flat
+    float scalars: loss, recon_loss, commit_loss, and per level `level{l}/...` (recon,
+    commit, the loss parts and the codebook statistics).
     """
     output, weights = config["output"], config["loss"]
     inputs = batch["inputs"]
