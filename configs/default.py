@@ -17,7 +17,14 @@ def data_config() -> ml_collections.ConfigDict:
         # 'sample' = the shipped sample set; else a folder (or .tar.gz) holding real MusicNet.
         source="sample",
         tfds_data_dir="",            # '' = TFDS's default (~/tensorflow_datasets)
-        split_scheme="musicnet",     # 'musicnet' (official test folder) or 'mt3'
+        # Splits, by recording: 'musicnet' (official test folder + MT3's validation ids),
+        # 'mt3', 'hash' (any folder: test = its test_labels, validation = a fraction of the
+        # train recordings by a hash of the id) or 'lists' (split_lists: a JSON/CSV file or
+        # 'validation=ID,..;test=ID,..').
+        split_scheme="musicnet",
+        split_lists="",
+        validation_fraction=0.1,     # 'hash' only
+        test_fraction=0.1,           # 'hash' only, for a folder without test_labels
         representation="pianoroll",  # 'pianoroll' or 'waveform'
         frame_rate=31.25,            # frames/s of piano-rolls and of waveform pitch labels
         window_frames=128,           # piano-roll window length (frames)
@@ -26,8 +33,12 @@ def data_config() -> ml_collections.ConfigDict:
         train_hop_frames=16,         # spacing of the train window table (jittered inside)
         eval_hop_frames=0,           # 0 = non-overlapping eval windows
         jitter=True,
-        # Groups of MusicNet instrument codes; each is one block of 128 pitch channels.
+        # Groups of instrument codes (1-based GM programs); each is one block of 128 pitch
+        # channels. Map another code by adding it to a group; drop its notes with ';drop:46'.
         instrument_groups="keyboard:1,7;strings:41,42,43,44;winds:61,69,71,72,74",
+        # waveform only: 'auto' (the source's WAVs; the sample set's are rendered from its
+        # labels) or 'synth' (render any source's labels with musicflax's synthesizer).
+        audio_source="auto",
         on_bad_row="error",          # or 'skip' (counted in the build summary)
         accept_any_rate=False,       # resample WAVs that are not 44.1 kHz instead of failing
         downmix=False,               # average multi-channel WAVs instead of failing

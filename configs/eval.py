@@ -5,8 +5,13 @@
         --split=test --config.evals.prior.workdir=workdirs/prior \
         --config.evals.generated.workdir=workdirs/prior
 
+    python -m musicflax.eval --config=configs/eval.py --workdir=workdirs/default \
+        --config.data.source=/data/other_quartets --config.data.split_scheme=hash --split=test
+
 The VQ-VAE's own config is read from its workdir; this file only configures evaluation.
 Evaluators run in the order listed; drop one with e.g. --config.evals.probes.enabled=False.
+`data` points the evaluation at other data (empty fields: as the run was trained); the
+windows (representation, rates, length) always stay as the model was trained.
 """
 
 import ml_collections
@@ -17,6 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.batch_size = 64
     config.max_train_windows = 4000  # train windows whose latents fit the probes
+    config.data = ml_collections.ConfigDict(dict(
+        source="", tfds_data_dir="", split_scheme="", split_lists="", validation_fraction=0.0,
+        test_fraction=0.0, instrument_groups="", audio_source="", on_bad_row=""))
     config.evals = ml_collections.ConfigDict(dict(
         codebook=dict(enabled=True),
         reconstruction=dict(enabled=True, figures=4),

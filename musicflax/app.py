@@ -21,8 +21,8 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from musicflax.data.musicnet import MusicNetFormatError  # pylint: disable=g-import-not-at-top
-    return (UserError, MusicNetFormatError, FileNotFoundError, NotADirectoryError)
+    from musicflax.data.musicnet import DataError  # pylint: disable=g-import-not-at-top
+    return (UserError, DataError, FileNotFoundError, NotADirectoryError)
 
 
 class _OwnInfoOnly(logging.Filter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def note_rows(rec_id: int, seconds: float = 12.0) -> list[str]:
 
 
 def write_musicnet(root: Path, recordings=TINY, with_audio: bool = True,
-                   rows_for=note_rows, seconds: float = 12.0) -> Path:
+                   rows_for=note_rows, seconds: float = 12.0, gzip_labels: bool = False) -> Path:
     """Writes a MusicNet-layout folder (labels, metadata, 44.1 kHz float32 WAVs)."""
     root.mkdir(parents=True, exist_ok=True)
     base = root / "musicnet"
@@ -51,14 +52,39 @@ def write_musicnet(root: Path, recordings=TINY, with_audio: bool = True,
                         "test", "test", "Op 1", int(seconds)])
     for rec_id, folder, _, _ in recordings:
         (base / f"{folder}_labels").mkdir(parents=True, exist_ok=True)
-        (base / f"{folder}_labels" / f"{rec_id}.csv").write_text(
-            "\n".join([HEADER, *rows_for(rec_id)]) + "\n")
+        text = "\n".join([HEADER, *rows_for(rec_id)]) + "\n"
+        if gzip_labels:
+            (base / f"{folder}_labels" / f"{rec_id}.csv.gz").write_bytes(
+                gzip.compress(text.encode(), mtime=0))
+        else:
+            (base / f"{folder}_labels" / f"{rec_id}.csv").write_text(text)
         if with_audio:
             (base / f"{folder}_data").mkdir(parents=True, exist_ok=True)
             t = np.arange(int(seconds * 44100)) / 44100
             wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
             wavfile.write(base / f"{folder}_data" / f"{rec_id}.wav", 44100, wave)
     return root
+
+
+# A folder of string-quartet movements that is not MusicNet: other ids, no test folder, no
+# audio (what a researcher has after converting their own scores).
+QUARTETS = [(20001 + i, "train", ("Haydn", "Boccherini")[i % 2], "String Quartet")
+            for i in range(38)]
+
+
+def quartet_rows(rec_id: int) -> list[str]:
+    """Four parts, a note each every 0.25 s for 8 s."""
+    rows = []
+    for i in range(32):
+        start, end = int(i * 0.25 * 44100), int((i * 0.25 + 0.2) * 44100)
+        for part, (code, low) in enumerate(((41, 67), (41, 60), (42, 53), (43, 41))):
+            rows.append(f"{start},{end},{code},{low + (rec_id + i + part) % 7},{i}.0,0.8,Eighth")
+    return rows
+
+
+def write_quartets(root: Path, **kw) -> Path:
+    return write_musicnet(root, QUARTETS, with_audio=False, rows_for=quartet_rows,
+                          seconds=8.0, **kw)
 
 
 @pytest.fixture

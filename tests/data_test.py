@@ -35,7 +35,7 @@ def test_sample_set_reads_cleanly_and_matches_the_layout():
     assert layout.synthesized_audio and not report.skipped
     metadata = musicnet.read_metadata(layout.metadata_csv)
     assert {r.id for r in report.recordings} == set(metadata)
-    by_split = splits.assign(report.recordings, "musicnet", layout.sample_set)
+    by_split = splits.assign(report.recordings, "musicnet", layout.sample_set).by_split
     for name in splits.SPLITS:
         composers = {r.metadata["composer"] for r in by_split[name]}
         assert composers == {"Bach", "Haydn", "Mozart"}, name
@@ -49,7 +49,7 @@ def test_sample_set_reads_cleanly_and_matches_the_layout():
 
 def test_mt3_scheme_splits_are_disjoint_and_complete():
     layout, report = musicnet.scan(musicnet.SHIPPED_SAMPLE_SET)
-    by_split = splits.assign(report.recordings, "mt3", layout.sample_set)
+    by_split = splits.assign(report.recordings, "mt3", layout.sample_set).by_split
     ids = [[r.id for r in by_split[s]] for s in splits.SPLITS]
     assert sum(map(len, ids)) == len(report.recordings) == len(set().union(*map(set, ids)))
     assert set(ids[2]) == set(layout.sample_set["splits"]["mt3"]["test"])
@@ -61,7 +61,7 @@ def test_mt3_scheme_splits_are_disjoint_and_complete():
     ("0,abc,1,60,0,1,Quarter", "non-numeric"),
     ("44100,100,1,60,0,1,Quarter", "before start_time"),
     ("0,44100,1,130,0,1,Quarter", "pitch 130 outside 0..127"),
-    ("0,44100,99,60,0,1,Quarter", "unknown instrument 99"),
+    ("0,44100,0,60,0,1,Quarter", "instrument 0 is not a 1-based General MIDI program"),
     ("0,44100,1", "expected 7 columns"),
 ])
 def test_bad_label_row_names_file_line_and_problem(tmp_path, row, problem):
@@ -94,7 +94,7 @@ def test_scan_skips_unpaired_and_empty_recordings_and_counts_them(tmp_path):
     (root / "musicnet/train_data/1728.wav").unlink()                        # labels, no audio
     shutil.copy(root / "musicnet/train_data/1727.wav", root / "musicnet/train_data/9999.wav")
     (root / "musicnet/train_labels/1733.csv").write_text(conftest.HEADER + "\n")  # empty
-    _, report = musicnet.scan(root)
+    _, report = musicnet.scan(root, audio="wav")
     assert sorted(r.id for r in report.recordings) == [1727, 1759]
     reasons = " | ".join(f"{p}: {why}" for p, why in report.skipped)
     assert "1728.csv: no audio" in reasons
@@ -112,12 +112,12 @@ def test_missing_root_and_missing_folders_are_clear(tmp_path):
 
 def test_nested_mirror_and_tar_gz_are_found(tmp_path):
     nested = conftest.write_musicnet(tmp_path / "mirror" / "deeper")
-    _, report = musicnet.scan(tmp_path / "mirror")
+    _, report = musicnet.scan(tmp_path / "mirror", audio="wav")
     assert len(report.recordings) == 4
     archive = tmp_path / "musicnet.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(nested, arcname="musicnet_root")
-    _, report = musicnet.scan(archive)
+    _, report = musicnet.scan(archive, audio="wav", extract_dir=tmp_path / "cache")
     assert sorted(r.id for r in report.recordings) == [1727, 1728, 1733, 1759]
 
 
@@ -146,7 +146,7 @@ def test_tfds_build_offline_with_audio(tiny_musicnet, tmp_path):
     cfg = data_config(tiny_musicnet, tmp_path / "tfds", representation="waveform",
                       frame_rate=100.0)
     builder = input_pipeline.get_builder(cfg)
-    assert builder.builder_config.name == "audio16000"
+    assert builder.builder_config.name.startswith("src_audio16000_")
     assert {s: builder.info.splits[s].num_examples for s in splits.SPLITS} == \
         {"train": 2, "validation": 1, "test": 1}
     assert builder.info.metadata["split_ids"]["test"] == [1759]
@@ -310,12 +310,16 @@ def test_eval_covers_every_window_once_with_a_mask(sample_windows):
 
 
 def test_bad_instrument_groups_are_rejected():
-    with pytest.raises(ValueError, match="unknown codes"):
-        windows.InstrumentGroups.parse("a:1,5")
+    with pytest.raises(ValueError, match="not 1-based General MIDI programs"):
+        windows.InstrumentGroups.parse("a:1,0")
     with pytest.raises(ValueError, match="twice"):
         windows.InstrumentGroups.parse("a:1;b:1")
 
 
-def test_builder_config_names_say_how_the_data_was_made():
-    assert tfds_musicnet.make_config(True, 16000, "mt3").name == "synth_audio16000_mt3"
-    assert tfds_musicnet.make_config(False, 0, on_bad_row="skip").name == "labels_skipbadrows"
+def test_builder_config_names_say_how_the_data_was_made(tiny_musicnet, tmp_path):
+    spec = splits.SplitSpec("mt3")
+    name = tfds_musicnet.make_config("sample", 16000, spec, extract_dir=tmp_path).name
+    assert name.startswith("sample_audio16000_mt3_") and len(name.rsplit("_", 1)[1]) == 12
+    name = tfds_musicnet.make_config(str(tiny_musicnet), 0, on_bad_row="skip",
+                                     extract_dir=tmp_path).name
+    assert name.startswith("src_labels_skipbadrows_")

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from musicflax.data import tfds_musicnet, windows
+from musicflax.data import musicnet, splits, tfds_musicnet, windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Shard:
 
     def per_process(self, global_batch: int) -> int:
         if global_batch % self.count:
-            raise ValueError(f"global batch {global_batch} does not divide over "
+            raise musicnet.DataError(f"global batch {global_batch} does not divide over "
                              f"{self.count} processes")
         return global_batch // self.count
 
@@ -76,7 +76,7 @@ def frames_per_window(cfg: ml_collections.ConfigDict) -> int:
     hop = cfg.sample_rate / cfg.frame_rate
     frames = cfg.window_samples * cfg.frame_rate / cfg.sample_rate
     if hop != int(hop) or frames != int(frames):
-        raise ValueError(f"data.window_samples={cfg.window_samples} at {cfg.sample_rate} Hz "
+        raise musicnet.DataError(f"data.window_samples={cfg.window_samples} at {cfg.sample_rate} Hz "
                          f"must be a whole number of frames at data.frame_rate={cfg.frame_rate}"
                          " (and sample_rate/frame_rate an integer)")
     return int(frames)
@@ -91,10 +91,19 @@ def get_builder(cfg: ml_collections.ConfigDict) -> tfds_musicnet.MusicNet:
     """The prepared TFDS builder for a data config (builds it on first use)."""
     _hide_accelerators_from_tf()
     builder = tfds_musicnet.get_builder(
-        cfg.source, audio_rate(cfg), cfg.split_scheme, cfg.tfds_data_dir,
-        on_bad_row=cfg.on_bad_row, accept_any_rate=cfg.accept_any_rate, downmix=cfg.downmix)
-    tfds_musicnet.prepare(builder, cfg.source)
+        cfg.source, audio_rate(cfg), splits.SplitSpec.from_config(cfg), cfg.tfds_data_dir,
+        audio_source=cfg.get("audio_source", "auto"), on_bad_row=cfg.on_bad_row,
+        accept_any_rate=cfg.accept_any_rate, downmix=cfg.downmix)
+    tfds_musicnet.prepare(builder)
     return builder
+
+
+def dataset_record(builder: tfds_musicnet.MusicNet) -> dict:
+    """Which data a run or a report used: source, dataset, fingerprint, split rule and ids."""
+    meta = builder.info.metadata
+    return {"source": meta["source"], "dataset": builder.info.full_name,
+            "fingerprint": meta["fingerprint"], "split_rule": meta["split_rule"],
+            "split_ids": {k: list(v) for k, v in meta["split_ids"].items()}}
 
 
 def load_split(cfg: ml_collections.ConfigDict, split: str,
@@ -107,18 +116,26 @@ def load_split(cfg: ml_collections.ConfigDict, split: str,
     ids, composer, ensemble, num_frames, audio, offsets = [], [], [], [], [], []
     notes = {k: [] for k in ("rec", "start", "end", "group", "pitch")}
     offset = 0
-    for r, ex in enumerate(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))):
+    # In id order: TFDS stores examples in an order of its own (a hash of their keys).
+    examples = sorted(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)),
+                      key=lambda ex: int(ex["id"]))
+    for r, ex in enumerate(examples):
         n = ex["notes"]
-        missing = set(np.unique(n["instrument"]).tolist()) - set(group_of)
-        if missing:
-            raise ValueError(f"recording {ex['id']} has instruments {sorted(missing)} that no "
-                             f"group in data.instrument_groups={cfg.instrument_groups!r} holds")
+        for code in np.unique(n["instrument"]).tolist():
+            if code not in group_of and code not in groups.dropped:
+                raise groups.unknown_code_error(
+                    code, f"{builder.info.metadata['source']}: recording {ex['id']} "
+                    f"({ex['labels_file'].decode()})")
         start, end = windows.notes_to_frames(n["start_time"], n["end_time"], cfg.frame_rate)
+        length = int(end.max(initial=0))
+        kept = np.isin(n["instrument"], list(group_of))
+        start, end = start[kept], end[kept]
         notes["rec"].append(np.full(len(start), r, np.int64))
         notes["start"].append(start)
         notes["end"].append(end)
-        notes["group"].append(np.vectorize(group_of.get, otypes=[np.int32])(n["instrument"]))
-        notes["pitch"].append(n["note"].astype(np.int32))
+        notes["group"].append(np.vectorize(group_of.get, otypes=[np.int32])(
+            n["instrument"][kept]) if kept.any() else np.zeros(0, np.int32))
+        notes["pitch"].append(n["note"][kept].astype(np.int32))
         ids.append(ex["id"])
         composer.append(vocab["composers"].index(ex["composer"].decode()))
         ensemble.append(vocab["ensembles"].index(ex["ensemble"].decode()))
@@ -128,9 +145,9 @@ def load_split(cfg: ml_collections.ConfigDict, split: str,
             offset += len(ex["audio"])
             num_frames.append(len(ex["audio"]) * cfg.frame_rate // cfg.sample_rate)
         else:
-            num_frames.append(int(end.max(initial=0)))
+            num_frames.append(length)
     if not ids:
-        raise ValueError(f"split {split!r} of {builder.info.full_name} is empty")
+        raise musicnet.DataError(f"split {split!r} of {builder.info.full_name} is empty")
     cat = {k: np.concatenate(v) for k, v in notes.items()}
     order = np.lexsort((cat["start"], cat["rec"]))
     return windows.SplitData(
@@ -168,7 +185,7 @@ class TableStream:
 
     def _check_table(self, what: str) -> None:
         if not len(self.rec):
-            raise ValueError(f"no window of {self.window} {what} fits in any recording of the "
+            raise musicnet.DataError(f"no window of {self.window} {what} fits in any recording of the "
                              "split; use shorter windows")
 
     def _dataset(self, steps: tf.data.Dataset, batch_fn) -> tf.data.Dataset:

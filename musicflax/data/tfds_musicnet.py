@@ -1,16 +1,26 @@
-"""TFDS builder for MusicNet: one example per recording, split by recording, built offline.
+"""TFDS builder for MusicNet-format sources: one example per recording, split by recording,
+built offline.
 
-A builder config chooses the source (the shipped sample set or a real MusicNet copy given as
-the manual dir), the audio (none, or resampled to a rate) and the split scheme. The sample
-set's audio is rendered from its labels by musicflax's synthesizer, so it builds with no
-download. The source is scanned and every label row checked before anything is written, and
-TFDS writes into a temporary folder that it renames only at the end, so a failed build never
-leaves a half-written dataset behind.
+A builder config is made for one source folder (the shipped sample set, real MusicNet, or any
+folder in its layout) and the options that change the examples (audio or labels only, audio
+rate and how it is obtained, split rule, bad-row policy). Its name ends with a fingerprint of
+those options and of the source's files (see `musicnet.source_fingerprint`), so a second
+source, or the same folder after its files changed, never reuses a dataset built from other
+data. Nothing is written under the source: archives are unpacked into a cache of ours.
+
+The source is scanned and every label row checked before anything is written, and TFDS writes
+into a temporary folder that it renames only at the end, so a failed build never leaves a
+half-written dataset behind. The sample set's audio is rendered from its labels by
+musicflax's synthesizer (`audio_source` 'synth' does the same for any source).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,56 +33,124 @@ _NOTE_FEATURES = {
     "start_time": np.int64, "end_time": np.int64, "instrument": np.int32, "note": np.int32,
     "start_beat": np.float32, "end_beat": np.float32,
 }
+AUDIO_SOURCES = ("auto", "wav", "synth")
+PROGRESS_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class MusicNetConfig(tfds.core.BuilderConfig):
-    """sample_rate 0 means labels only; otherwise audio resampled to it (stored as PCM16).
+    """One source folder and the options that change its examples.
 
-    synthesized_audio marks a source in MusicNet layout without WAVs, like the shipped
-    sample set, whose audio is rendered from its labels.
+    audio: 'none' (labels only), 'wav' (the source's WAVs, resampled to sample_rate and
+    stored as PCM16) or 'synth' (rendered from the labels at sample_rate).
     """
 
-    synthesized_audio: bool = True
+    source: str = ""
+    extract_dir: str = ""
+    audio: str = "none"
     sample_rate: int = 0
-    split_scheme: str = "musicnet"
+    split: splits.SplitSpec = dataclasses.field(default_factory=splits.SplitSpec)
     on_bad_row: str = "error"
     accept_any_rate: bool = False
     downmix: bool = False
+    fingerprint: str = ""
 
 
-def make_config(synthesized_audio: bool, sample_rate: int = 0, split_scheme: str = "musicnet",
-                on_bad_row: str = "error", accept_any_rate: bool = False,
-                downmix: bool = False) -> MusicNetConfig:
-    """A config named after everything that changes the data, e.g. 'synth_audio16000_mt3'."""
-    name = ("synth_" if synthesized_audio else "") + (f"audio{sample_rate}" if sample_rate else "labels")
+def source_root(source: str) -> Path:
+    """'sample' means the shipped sample set; anything else is a path to a MusicNet copy."""
+    return musicnet.SHIPPED_SAMPLE_SET if source == "sample" else Path(source).expanduser()
+
+
+def make_config(source: str, sample_rate: int = 0, split: splits.SplitSpec | None = None,
+                audio_source: str = "auto", on_bad_row: str = "error",
+                accept_any_rate: bool = False, downmix: bool = False,
+                extract_dir: str | Path | None = None) -> MusicNetConfig:
+    """The config for a source; named after what changes the data, e.g.
+    'sample_labels_3f2a9c01d4e5' or 'src_audio16000_hash_0b7d...'."""
+    split = split or splits.SplitSpec()
+    if audio_source not in AUDIO_SOURCES:
+        raise musicnet.DataError(f"unknown data.audio_source {audio_source!r}; choose one of "
+                                 f"{', '.join(AUDIO_SOURCES)}")
+    if on_bad_row not in ("error", "skip"):
+        raise musicnet.DataError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    extract_dir = Path(extract_dir or musicnet.DEFAULT_EXTRACT_DIR).expanduser()
+    layout = musicnet.find_layout(source_root(source), extract_dir)
+    if not sample_rate:
+        audio = "none"
+    elif audio_source == "auto":
+        audio = "synth" if layout.synthesized_audio else "wav"
+    elif audio_source == "wav" and layout.synthesized_audio:
+        raise musicnet.DataError(f"{layout.root}: this source has no WAVs (its audio is "
+                                 "rendered from the labels): use data.audio_source=auto")
+    else:
+        audio = audio_source
+    options = {"audio": audio, "sample_rate": int(sample_rate), "split": split.identity(),
+               "on_bad_row": on_bad_row, "accept_any_rate": bool(accept_any_rate),
+               "downmix": bool(downmix)}
+    payload = json.dumps({"source": musicnet.source_fingerprint(layout, audio == "wav"),
+                          "options": options}, sort_keys=True)
+    fingerprint = hashlib.sha256(payload.encode()).hexdigest()
+    kind = "sample" if layout.synthesized_audio else "src"
+    name = f"{kind}_" + (f"audio{sample_rate}" if sample_rate else "labels")
     name += "".join(f"_{flag}" for flag, on in (
-        (split_scheme, split_scheme != "musicnet"), ("skipbadrows", on_bad_row == "skip"),
+        ("synth", audio == "synth" and not layout.synthesized_audio),
+        (split.scheme, split.scheme != "musicnet"), ("skipbadrows", on_bad_row == "skip"),
         ("anyrate", accept_any_rate), ("downmix", downmix)) if on)
-    return MusicNetConfig(name=name, synthesized_audio=synthesized_audio, sample_rate=sample_rate,
-                          split_scheme=split_scheme, on_bad_row=on_bad_row,
-                          accept_any_rate=accept_any_rate, downmix=downmix)
+    return MusicNetConfig(
+        name=f"{name}_{fingerprint[:12]}", description=f"{layout.root} ({json.dumps(options)})",
+        source=str(source_root(source)), extract_dir=str(extract_dir), audio=audio,
+        sample_rate=int(sample_rate), split=split, on_bad_row=on_bad_row,
+        accept_any_rate=bool(accept_any_rate), downmix=bool(downmix), fingerprint=fingerprint)
+
+
+class _Progress:
+    """Logs recordings built / total with hours and an ETA, at most every few seconds."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done, self.seconds = name, total, 0, 0.0
+        self.started = self.last = time.perf_counter()
+
+    def advance(self, seconds: float) -> None:
+        self.done += 1
+        self.seconds += seconds
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_SECONDS and self.done < self.total:
+            return
+        self.last = now
+        elapsed = now - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        log.info("building %s: %d/%d recordings (%.1f h of music), %s elapsed, ETA %s",
+                 self.name, self.done, self.total, self.seconds / 3600, _clock(elapsed),
+                 _clock(eta))
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))
 
 
 class MusicNet(tfds.core.GeneratorBasedBuilder):
-    """MusicNet (Thickstun et al. 2017): 330 recordings with aligned note labels."""
+    """MusicNet (Thickstun et al. 2017): recordings with aligned note labels."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: notes, metadata, optional resampled audio."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release: notes, metadata, optional resampled audio.",
+        "2.0.0": "Configs per source fingerprint; labels_file feature; split rule in metadata.",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download musicnet.tar.gz and musicnet_metadata.csv (https://zenodo.org/record/5120004)
-    and either extract the archive or leave it as is; pass the folder holding them as the
-    manual dir (musicflax: --config.data.source=/path/to/folder). The folders
-    {train,test}_{data,labels} are found at any depth. The shipped sample set
-    (musicflax's default source; config names starting with 'synth_') needs no download.
+    and either extract the archive or leave it as is; pass the folder holding them as
+    musicflax's --config.data.source=/path/to/folder. The folders {train,test}_{data,labels}
+    are found at any depth. The shipped sample set (source 'sample') needs no download.
     """
-    BUILDER_CONFIGS = [make_config(synth, rate, scheme)
-                       for synth in (True, False) for rate in (0, 16000)
-                       for scheme in splits.SCHEMES]
+    # Every config is made for a source (`make_config`); none is predefined.
+    BUILDER_CONFIGS = []
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = {
             "id": np.int32,
+            "labels_file": tfds.features.Text(),  # e.g. "train_labels/1727.csv"
             "composer": tfds.features.Text(),
             "composition": tfds.features.Text(),
             "movement": tfds.features.Text(),
@@ -93,33 +171,38 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
+        del dl_manager  # the config knows its source; nothing is downloaded
         cfg = self.builder_config
-        layout, report = musicnet.scan(dl_manager.manual_dir, cfg.on_bad_row)
-        if cfg.synthesized_audio != layout.synthesized_audio:
-            raise musicnet.MusicNetFormatError(
-                layout.root, f"synthesized_audio={layout.synthesized_audio} but the builder "
-                f"config {cfg.name!r} says {cfg.synthesized_audio}")
-        by_split = splits.assign(report.recordings, cfg.split_scheme, layout.sample_set)
-        for name, recs in by_split.items():
-            if not recs:
-                raise musicnet.MusicNetFormatError(layout.root, f"split '{name}' is empty "
-                                                   f"under the {cfg.split_scheme} scheme")
+        layout, report = musicnet.scan(cfg.source, cfg.on_bad_row, cfg.audio,
+                                       cfg.accept_any_rate, cfg.downmix, cfg.extract_dir)
+        assignment = splits.assign(report.recordings, cfg.split, layout.sample_set,
+                                   where=str(layout.root))
         self.info.metadata.update({
+            "source": cfg.source,
+            "root": str(layout.root),
+            "fingerprint": cfg.fingerprint,
+            "audio": cfg.audio,
             "composers": sorted({r.metadata["composer"] for r in report.recordings}),
             "ensembles": sorted({r.metadata["ensemble"] for r in report.recordings}),
-            "split_ids": {n: [r.id for r in recs] for n, recs in by_split.items()},
+            "split_rule": assignment.rule,
+            "split_ids": assignment.ids,
+            "left_out_ids": list(assignment.left_out),
             "skipped_files": [f"{p}: {why}" for p, why in report.skipped],
             "skipped_rows": report.skipped_rows,
-            "synthesized_audio": layout.synthesized_audio,
+            "synthesized_audio": cfg.audio == "synth",
         })
-        return {name: self._generate_examples(recs) for name, recs in by_split.items()}
+        progress = _Progress(self.info.full_name,
+                             sum(len(v) for v in assignment.by_split.values()))
+        return {name: self._generate_examples(recs, layout, progress)
+                for name, recs in assignment.by_split.items()}
 
-    def _generate_examples(self, recordings):
+    def _generate_examples(self, recordings, layout, progress: _Progress):
         cfg = self.builder_config
         for rec in recordings:
             notes = rec.notes
             example = {
                 "id": rec.id,
+                "labels_file": f"{rec.labels_path.parent.name}/{rec.labels_path.name}",
                 **{k: rec.metadata.get(k, "") for k in ("composer", "composition", "movement",
                                                           "ensemble")},
                 "notes": {k: getattr(notes, k) for k in _NOTE_FEATURES},
@@ -127,43 +210,68 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
             }
             if cfg.sample_rate:
                 audio = self._audio(rec, notes)
+                if not len(audio):
+                    raise musicnet.MusicNetFormatError(rec.audio_path or rec.labels_path,
+                                                       "empty audio")
                 example["audio"] = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
                 example["duration"] = len(audio) / cfg.sample_rate
-                if not len(audio):
-                    raise musicnet.MusicNetFormatError(rec.audio_path, "empty audio")
+            progress.advance(float(example["duration"]))
             yield rec.id, example
 
     def _audio(self, rec: musicnet.Recording, notes: musicnet.Notes) -> np.ndarray:
         cfg = self.builder_config
-        if rec.audio_path is None:
+        if cfg.audio == "synth":
             # The metadata's length (whole seconds) keeps the tail after the last note.
             return synth.synthesize(notes.start_time / musicnet.LABEL_RATE,
                                     notes.end_time / musicnet.LABEL_RATE, notes.note,
                                     notes.instrument, cfg.sample_rate,
-                                    duration=float(rec.metadata.get("seconds") or 0))
+                                    duration=_seconds(rec.metadata.get("seconds")))
         return musicnet.read_audio(rec.audio_path, cfg.sample_rate, cfg.accept_any_rate,
                                    cfg.downmix)
 
 
-def source_root(source: str) -> Path:
-    """'sample' means the shipped sample set; anything else is a path to MusicNet."""
-    return musicnet.SHIPPED_SAMPLE_SET if source == "sample" else Path(source).expanduser()
+def _seconds(text: str | None) -> float:
+    try:
+        return max(float(text or 0), 0.0)
+    except ValueError:
+        return 0.0
 
 
-def get_builder(source: str, sample_rate: int = 0, split_scheme: str = "musicnet",
-                data_dir: str | None = None, **options) -> MusicNet:
+def get_builder(source: str, sample_rate: int = 0, split: splits.SplitSpec | None = None,
+                data_dir: str | None = None, audio_source: str = "auto",
+                **options) -> MusicNet:
     """The builder for a source folder; its config name says how the data was made."""
-    root = source_root(source)
-    synthesized = root.is_dir() and (root / musicnet.SAMPLE_SET_MARKER).exists()
-    config = make_config(synthesized, sample_rate, split_scheme, **options)
-    # TFDS accepts a config object only if its name is not a predefined one.
-    predefined = {c.name for c in MusicNet.BUILDER_CONFIGS}
-    return MusicNet(config=config.name if config.name in predefined else config,
-                    data_dir=data_dir or None)
+    data_dir = Path(data_dir or "~/tensorflow_datasets").expanduser()
+    config = make_config(source, sample_rate, split, audio_source,
+                         extract_dir=data_dir / "downloads" / "musicflax_extracted", **options)
+    return MusicNet(config=config, data_dir=str(data_dir))
 
 
-def prepare(builder: MusicNet, source: str) -> None:
+def _earlier_builds(builder: MusicNet) -> list[str]:
+    """Datasets in the same TFDS dir built from the same folder with the same options but
+    other files: the source changed since."""
+    config = builder.builder_config
+    kind = config.name.rsplit("_", 1)[0]
+    names = []
+    for meta in Path(builder.data_dir).parents[1].glob(f"{kind}_*/*/metadata.json"):
+        try:
+            source = json.loads(meta.read_text()).get("source")
+        except (OSError, json.JSONDecodeError):
+            continue
+        name = meta.parent.parent.name
+        if source == config.source and name != config.name and name.rsplit("_", 1)[0] == kind:
+            names.append(name)
+    return sorted(set(names))
+
+
+def prepare(builder: MusicNet) -> None:
     """Builds the dataset unless it is already there (offline: never asks a server)."""
-    config = tfds.download.DownloadConfig(manual_dir=source_root(source),
-                                          try_download_gcs=False)
+    if not Path(builder.data_dir).exists():
+        earlier = _earlier_builds(builder)
+        if earlier:
+            log.warning("%s changed since it was built as %s: building %s",
+                        builder.builder_config.source, ", ".join(earlier),
+                        builder.builder_config.name)
+        log.info("building %s from %s", builder.info.full_name, builder.builder_config.source)
+    config = tfds.download.DownloadConfig(try_download_gcs=False)
     builder.download_and_prepare(download_config=config)

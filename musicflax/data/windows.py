@@ -21,20 +21,27 @@ from musicflax.data import musicnet
 NUM_PITCHES = 128
 
 
+DROP_GROUP = "drop"
+
+
 @dataclasses.dataclass(frozen=True)
 class InstrumentGroups:
-    """Named groups of MusicNet instrument codes; each group is one block of 128 channels.
+    """Named groups of instrument codes (1-based General MIDI programs, as in MusicNet's
+    labels); each group is one block of 128 channels.
 
     Parsed from a spec like "keyboard:1,7;strings:41,42,43,44;winds:61,69,71,72,74". The first
-    code of a group is the instrument used when a roll of that group is written as MIDI.
+    code of a group is the instrument used when a roll of that group is written as MIDI. A
+    group named "drop" (e.g. "...;drop:46") lists codes whose notes are left out.
     """
 
     names: tuple[str, ...]
     codes: tuple[tuple[int, ...], ...]
+    dropped: tuple[int, ...] = ()
+    spec: str = ""
 
     @classmethod
     def parse(cls, spec: str) -> "InstrumentGroups":
-        names, codes = [], []
+        names, codes, dropped = [], [], ()
         for part in filter(None, (p.strip() for p in spec.split(";"))):
             name, sep, code_list = part.partition(":")
             try:
@@ -42,16 +49,22 @@ class InstrumentGroups:
             except ValueError:
                 group = ()
             if not sep or not group:
-                raise ValueError(f"instrument group {part!r} must look like 'name:1,7'")
-            unknown = set(group) - set(musicnet.INSTRUMENTS)
-            if unknown:
-                raise ValueError(f"instrument group {name!r} has unknown codes {sorted(unknown)}")
-            names.append(name.strip())
-            codes.append(group)
-        seen = [c for g in codes for c in g]
+                raise musicnet.DataError(f"instrument group {part!r} must look like 'name:1,7'")
+            bad = sorted(c for c in group if not 1 <= c <= 128)
+            if bad:
+                raise musicnet.DataError(f"instrument group {name!r} has codes {bad} that are "
+                                         "not 1-based General MIDI programs (1..128)")
+            if name.strip() == DROP_GROUP:
+                dropped += group
+            else:
+                names.append(name.strip())
+                codes.append(group)
+        seen = [c for g in codes for c in g] + list(dropped)
         if len(seen) != len(set(seen)):
-            raise ValueError(f"instrument groups {spec!r} list an instrument twice")
-        return cls(tuple(names), tuple(codes))
+            raise musicnet.DataError(f"instrument groups {spec!r} list an instrument twice")
+        if not names:
+            raise musicnet.DataError(f"instrument groups {spec!r} keep no instrument")
+        return cls(tuple(names), tuple(codes), tuple(dropped), spec)
 
     @property
     def num_channels(self) -> int:
@@ -63,6 +76,24 @@ class InstrumentGroups:
 
     def group_of(self) -> dict[int, int]:
         return {code: i for i, group in enumerate(self.codes) for code in group}
+
+    def unknown_code_error(self, code: int, where: str) -> musicnet.DataError:
+        """The one-line error for a code no group holds, saying how to map or drop it."""
+        name = musicnet.INSTRUMENTS.get(code) or _gm_name(code)
+        # Suggest the group holding an instrument of the same General MIDI family of eight.
+        family = [i for i, c in enumerate(self.codes) if any((x - 1) // 8 == (code - 1) // 8
+                                                             for x in c)]
+        i = family[0] if family else len(self.names) - 1
+        example = f"{self.names[i]}:{','.join(map(str, self.codes[i] + (code,)))}"
+        return musicnet.DataError(
+            f"{where}: instrument {code} ({name}) is in no group of data.instrument_groups="
+            f"{self.spec!r}: add it to a group (e.g. '{example}') or drop its notes with "
+            f"';{DROP_GROUP}:{code}'")
+
+
+def _gm_name(code: int) -> str:
+    import pretty_midi  # pylint: disable=g-import-not-at-top
+    return pretty_midi.program_to_instrument_name(code - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +146,9 @@ class WindowAssembler:
     def __init__(self, data: SplitData, groups: InstrumentGroups, window: int,
                  representation: str, window_samples: int = 0):
         if representation not in ("pianoroll", "waveform"):
-            raise ValueError(f"unknown representation {representation!r}")
+            raise musicnet.DataError(f"unknown representation {representation!r}")
         if representation == "waveform" and data.audio is None:
-            raise ValueError("waveform windows need a dataset with audio (data.sample_rate > 0)")
+            raise musicnet.DataError("waveform windows need a dataset with audio (data.sample_rate > 0)")
         self.representation, self.window, self.window_samples = representation, window, window_samples
         self.num_channels = groups.num_channels
         self.frame_rate, self.sample_rate = data.frame_rate, data.sample_rate

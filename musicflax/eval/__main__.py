@@ -1,11 +1,13 @@
 """Reports what a VQ-VAE's latents capture (and how well a prior models them).
 
     python -m musicflax.eval --config=configs/eval.py --workdir=DIR [--step=N]
-        [--split=validation|test] [--config.evals.prior.workdir=PRIOR_DIR]
+        [--split=train|validation|test] [--config.evals.prior.workdir=PRIOR_DIR]
+        [--config.data.source=OTHER_ROOT --config.data.split_scheme=hash ...]
 
-Writes DIR/eval/<step>/<split>/report.json, PNG figures beside it, and TensorBoard
-scalars/images in the same folder. Every number is over the whole split. The model is
-replicated over all local devices and each batch is split over them (one CPU works too).
+Writes DIR/eval/<step>/<split>/report.json (DIR/eval/<step>/<dataset>/<split>/ for data
+other than the run's own), PNG figures beside it, and TensorBoard scalars/images in the same
+folder. Every number is over the whole split. The model is replicated over all local devices
+and each batch is split over them (one CPU works too).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/eval.py", "Eval con
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The VQ-VAE workdir to evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split.")
+_SPLIT = flags.DEFINE_enum("split", "validation", ["train", "validation", "test"], "Split.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -46,6 +48,7 @@ def flat_scalars(tree, prefix="") -> dict[str, float]:
 def main(argv):
     del argv
     from musicflax.eval import evaluators  # pylint: disable=g-import-not-at-top
+    from musicflax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     from musicflax.train import codes, sharding, trainer  # pylint: disable=g-import-not-at-top
 
     eval_config = _CONFIG.value
@@ -56,17 +59,20 @@ def main(argv):
         raise app.UserError(f"{_WORKDIR.value} holds a {config.task!r} run; evaluate the "
                             "VQ-VAE workdir and pass the prior as --config.evals.prior.workdir")
     step = int(state.step)
-    out_dir = trainer.absolute(_WORKDIR.value) / "eval" / str(step) / _SPLIT.value
+    data = evaluators.data_for_eval(config.data, eval_config.get("data"))
+    builder = input_pipeline.get_builder(data)
+    out_dir = trainer.absolute(_WORKDIR.value) / "eval" / str(step)
+    if input_pipeline.get_builder(config.data).info.full_name != builder.info.full_name:
+        out_dir = out_dir / builder.builder_config.name
+    out_dir = out_dir / _SPLIT.value
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = evaluators.Context(config, eval_config, task, state, _SPLIT.value, out_dir,
-                             mesh=sharding.make_mesh(1, devices))
-    try:
-        windows = ctx.windows
-    except ValueError as e:
-        raise app.UserError(f"split {_SPLIT.value!r}: {e}") from None
-    data = config.data
+                             mesh=sharding.make_mesh(1, devices), data=data)
+    ctx.builder = builder
+    windows = ctx.windows
     report = {
         "workdir": str(trainer.absolute(_WORKDIR.value)), "step": step, "split": _SPLIT.value,
+        "data": input_pipeline.dataset_record(builder),
         "config_hash": codes.config_hash(config), "seed": eval_config.seed,
         "representation": data.representation, "frame_rate": data.frame_rate,
         "sample_rate": data.sample_rate if data.representation == "waveform" else None,

@@ -19,7 +19,8 @@ import numpy as np
 from etils import epath
 
 from musicflax.audio import midi, plots
-from musicflax.data import input_pipeline
+from musicflax.data import input_pipeline, musicnet
+from musicflax.data import windows as windows_lib
 from musicflax.eval import audio_metrics, probes, statistics
 from musicflax.models import metrics
 from musicflax.train import sharding
@@ -36,12 +37,20 @@ class Context:
     split: str
     out_dir: epath.Path
     mesh: Any = None                         # batches are split over its data axis
+    data: ml_collections.ConfigDict | None = None  # the evaluated data (default: as trained)
     images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.data = self.data or self.config.data
+
+    @functools.cached_property
+    def builder(self):
+        return input_pipeline.get_builder(self.data)
 
     @functools.cached_property
     def windows(self) -> input_pipeline.Windows:
-        return input_pipeline.create_windows(self.config.data, self.split, train=False,
-                                             builder=self.task.builder)
+        return input_pipeline.create_windows(self.data, self.split, train=False,
+                                             builder=self.builder)
 
     @functools.cached_property
     def encoded(self) -> dict[str, np.ndarray]:
@@ -51,8 +60,8 @@ class Context:
     @functools.cached_property
     def encoded_train(self) -> dict[str, np.ndarray]:
         """Pooled latents of (at most eval.max_train_windows) train windows, for probes."""
-        windows = input_pipeline.create_windows(self.config.data, "train", train=False,
-                                                builder=self.task.builder)
+        windows = input_pipeline.create_windows(self.data, "train", train=False,
+                                                builder=self.builder)
         return encode_windows(self, windows, reconstruct=False,
                               limit=self.eval_config.max_train_windows)
 
@@ -64,6 +73,36 @@ class Context:
         hop = self.task.model.hops[level]
         rate = self.config.data.frame_rate if self.is_pianoroll else self.config.data.sample_rate
         return rate / hop
+
+
+# Data fields an evaluation may point elsewhere; the rest must stay as the model was trained.
+DATA_OVERRIDES = ("source", "tfds_data_dir", "split_scheme", "split_lists",
+                  "validation_fraction", "test_fraction", "instrument_groups", "audio_source",
+                  "on_bad_row")
+
+
+def data_for_eval(trained: ml_collections.ConfigDict,
+                  overrides: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+    """The run's data config with the eval config's non-empty `data` fields applied.
+
+    Windows must look as the model was trained on: the representation, rates and window
+    length cannot be overridden, and other instrument groups must keep the channel count.
+    """
+    data = ml_collections.ConfigDict(trained.to_dict())
+    for key, value in (overrides or {}).items():
+        if not value:  # empty: as trained
+            continue
+        if key not in DATA_OVERRIDES:
+            raise musicnet.DataError(f"data.{key} cannot change at evaluation: the checkpoint was "
+                             f"trained with data.{key}={trained.get(key)!r}")
+        data[key] = value
+    before = windows_lib.InstrumentGroups.parse(trained.instrument_groups)
+    after = windows_lib.InstrumentGroups.parse(data.instrument_groups)
+    if len(after.names) != len(before.names):
+        raise musicnet.DataError(f"data.instrument_groups={data.instrument_groups!r} has "
+                         f"{len(after.names)} groups; the model was trained on "
+                         f"{len(before.names)} ({trained.instrument_groups!r})")
+    return data
 
 
 def encode_windows(ctx: Context, windows: input_pipeline.Windows, reconstruct: bool,

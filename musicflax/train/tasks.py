@@ -63,6 +63,10 @@ class Task(abc.ABC):
         count = sum(x.size for x in jax.tree.leaves(params))
         return f"{count:,} parameters"
 
+    @abc.abstractmethod
+    def data_record(self) -> dict:
+        """Which data the task trains on (source, dataset fingerprint, split rule and ids)."""
+
 
 def ema_cluster_sizes(model_state) -> list[np.ndarray]:
     """Each level's EMA code counts from the "codebook" collection (empty for FSQ)."""
@@ -110,6 +114,9 @@ class VQVAETask(Task):
     def val_windows(self) -> input_pipeline.Windows:
         return input_pipeline.create_windows(self.config.data, "validation",
                                              builder=self.builder)
+
+    def data_record(self) -> dict:
+        return input_pipeline.dataset_record(self.builder)
 
     # -- model ---------------------------------------------------------------------------
     def model_inputs(self, batch) -> jax.Array:
@@ -259,6 +266,11 @@ class PriorTask(Task):
     def val_codes(self) -> codes.CodeSet:
         return codes.encode_split(self.config.prior.vqvae_workdir, "validation",
                                   self.config.prior.level, self.vqvae_step)
+
+    def data_record(self) -> dict:
+        _, vqvae_task, _ = self.vqvae
+        return {"codes_of": str(self.config.prior.vqvae_workdir), "level": self.config.prior.level,
+                **vqvae_task.data_record()}
 
     def codesets(self) -> list[codes.CodeSet]:
         return [self.train_codes, self.val_codes]

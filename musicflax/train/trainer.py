@@ -248,6 +248,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     devices = jax.devices()[:config.mesh.num_devices or None]
     mesh = sharding.make_mesh(config.mesh.model, devices)
     task = create_task(config, workdir)
+    if is_chief:
+        # Which data (source, fingerprint, split rule and ids) this run trains on.
+        (workdir / "data.json").write_text(json.dumps(task.data_record(), indent=2))
     global_batch = config.batch_size
     if global_batch % mesh.shape[sharding.DATA_AXIS]:
         raise ValueError(f"batch_size {global_batch} does not divide over "
