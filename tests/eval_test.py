@@ -147,3 +147,36 @@ def test_waveform_report_has_audio_metrics_and_the_pitch_probe(tmp_path):
     assert 0 <= pitch["latent_average_precision"] <= 1
     assert 0 <= pitch["raw_spectrum_average_precision"] <= 1
     assert report["sample_rate"] == 16000
+
+
+def test_eval_on_a_second_dataset_and_on_the_train_split(runs, tmp_path):
+    import conftest  # pylint: disable=g-import-not-at-top
+    from data_sources_test import by_hash  # pylint: disable=g-import-not-at-top
+    root, tfds_dir = runs
+    quartets = conftest.write_quartets(tmp_path / "quartets")
+    only = ("--config.evals.probes.enabled=False", "--config.evals.latent_space.enabled=False",
+            "--config.evals.reconstruction.figures=1")
+    proc = run_eval(f"--workdir={root / 'vqvae'}", "--split=test", *only,
+                    f"--config.data.source={quartets}", "--config.data.split_scheme=hash")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (path,) = (root / "vqvae/eval/30").glob("src_labels_hash_*/test/report.json")
+    report = json.loads(path.read_text())
+    ids = [r for r, *_ in conftest.QUARTETS]
+    assert report["split_ids"] == by_hash(ids, 0.1)
+    assert report["data"]["source"] == str(quartets)
+    assert report["data"]["split_rule"].startswith("hash: ")
+    assert report["data"]["split_ids"]["test"] == by_hash(ids, 0.1)
+    assert report["windows"] == 4  # 8 s recordings hold one 4.1 s window each
+    # The run's own data, train split; the model's windows cannot be changed.
+    proc = run_eval(f"--workdir={root / 'vqvae'}", "--split=train", *only)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((root / "vqvae/eval/30/train/report.json").read_text())
+    assert report["split_ids"] == report["data"]["split_ids"]["train"]
+    assert len(report["split_ids"]) == json.loads(
+        (root / "vqvae/data.json").read_text())["split_ids"]["train"].__len__()
+    proc = run_eval(f"--workdir={root / 'vqvae'}", *only,
+                    "--config.data.instrument_groups=all:1,7,41,42,43,44,61,69,71,72,74")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: data.instrument_groups='all:1,7,41,42,43,44,61,69,71,72,74' has 1 groups; the "
+        "model was trained on 3 ('keyboard:1,7;strings:41,42,43,44;winds:61,69,71,72,74')")
