@@ -4,34 +4,52 @@
 
 Reads scores from music21's bundled corpus (offline) and writes, with no audio,
 
-    <out>/musicnet_metadata.csv                 one row per recording (MusicNet's columns)
-    <out>/musicnet/{train,test}_labels/<id>.csv one row per note (MusicNet's columns)
-    <out>/musicflax_sample_set.json             marker (audio is synthesized) + split lists
-    <out>/README.md                             provenance, rules and the numbers below
+    <out>/musicnet_metadata.csv                    one row per recording (MusicNet's columns)
+    <out>/musicnet/{train,test}_labels/<id>.csv.gz one row per note (MusicNet's columns), gzip
+    <out>/musicflax_sample_set.json                marker (audio is synthesized) + split lists
+    <out>/README.md                                provenance, rules and the numbers below
 
-Sources: every Bach chorale (`bach/bwv*` but bwv846, a keyboard prelude; one encoding each,
-.mxl first) and the per-movement files of Haydn's string quartets Op 1 No 1 and Op 74 No 1 and
-Mozart's K 80, 155, 156 and 458 (one recording per movement, as in MusicNet). Mozart's K 545 is
-left out: the corpus holds only the exposition of its first movement, not whole movements.
+The mix follows MusicNet's (about half Solo Piano, then string quartets and other chamber
+music, at ~8 notes/s) as far as the corpus allows. Sources, one recording per corpus file:
+- keyboard music: Bach's C major Prelude (WTC I), C.P.E. Bach's Wq 55/4 Poco adagio,
+  Chopin's Mazurka Op 6 No 2, Mozart's K 545 (the corpus holds only the first movement's
+  exposition: kept, and named so), Joplin's Maple Leaf Rag, Schoenberg's Op 19 Nos 2 and 6;
+- chamber music: the string quartet movements of Haydn (Op 1 No 1, Op 74 No 1), Mozart
+  (K 80, 155, 156, 458) and Robert Schumann (Op 41 No 1), Clara Schumann's Piano Trio Op 17
+  (third movement), Weber's Clarinet Concertino (piano reduction), and three songs whose
+  voice part goes to a violin (Accompanied Violin);
+- renderings (named as such in the README): the MADRIGALS_KEPT densest madrigals (Monteverdi
+  Books 3-5, Lusitano) on Solo Piano, Wind Quintet or Viola Quintet, two hymns on Solo
+  Piano, and CHORALES_KEPT Bach chorales (a third of the set) on Solo Piano or Wind Quintet.
+  Chorales and madrigals are sparse: more of them would pull the set below ~8 notes/s.
+Left out: all Beethoven (his quartets are kept as unseen test material), and every encoding
+whose file states licence terms (Palestrina's masses and CCARH's kern files: "rights to all
+derivative electronic formats reserved"; share-alike or copyleft encodings: Clara Schumann's
+polonaises, Webern, Beach, Ciconia, da Firenze, Josquin; a publisher's mark: Monteverdi
+5.4/5.5), Corelli's trio-sonata movement (CC BY), and Verdi (a modern adaptation).
 
-Rules (also written to the README):
-- Time: beats are quarter notes (start_beat = offset in quarter notes, end_beat = the note's
-  length in quarter notes, MusicNet's naming). Quarter notes become seconds through the
-  score's metronome marks (music21's MetronomeMark boundaries); before a score's first mark,
-  or in a score without one, quarter = 80. Fermatas, repeats and grace notes are ignored;
-  tied notes are merged (stripTies); chords give one row per pitch; a unison of two parts on
-  the same instrument (same times, pitch and code) is written once.
-- Instruments: quartets play Violin I/II, Viola, Cello -> 41, 41, 42, 43. Chorale k (in sorted
-  path order, counting only the chorales kept) is played by ensemble k mod 3: String Quartet
-  (S, A -> 41, T -> 42, B -> 43), Solo Piano (all -> 1) or Wind Quintet (S -> 74, A -> 69,
-  T -> 72, B -> 71). A chorale's extra parts (instrumental doublings, obbligati, continuo)
-  play, in the String Quartet, the instrument of the S/A/T/B voice nearest in median pitch,
-  on the Piano the piano, in the Wind Quintet the horn (61); timpani parts are dropped.
-- Splits, by recording and stratified by (composer, ensemble): in each stratum, sorted by id,
-  ~10% go to each of test (the test_labels folder), validation and "mt3" test, at evenly
-  spaced positions and at least one each; the rest is train. The "musicnet" and "mt3" schemes
-  share the validation list, as MusicNet's default validation list in this code is MT3's.
-- Size: if the folder would exceed 4.5 MB, an evenly spaced subset of the chorales is kept.
+Rules (spelled out in the README):
+- Time: beats are quarter notes (start_beat = offset in quarter notes of the performed
+  score, end_beat = the note's length in quarter notes, MusicNet's naming). Repeats are
+  played (music21's expandRepeats) unless music21 cannot expand them or the result is over
+  twice the written length. Tempo, from where each applies: printed metronome marks; else
+  tempo words (the movement's title or the score's opening word, and in the instrumental
+  works and songs words printed later) through TEMPO_WORDS; else quarter = CHORALE_QPM for
+  chorales and TEMPO_WORDS[DEFAULT_WORD] for the rest. A word's bpm is for a quarter-note
+  beat: a half-note beat goes at HALF_BEAT x, a dotted-quarter beat (3/8, 6/8, ...) at
+  DOTTED_BEAT x that. Encoders' playback-only tempi are ignored (some are a program's
+  default). Fermatas and grace notes are ignored; tied notes are merged (stripTies); chords
+  give one row per pitch; a unison on one instrument (same times, pitch, code) is one row.
+- Instruments: a work's own parts map to MusicNet codes (PIECES, QUARTETS). Renderings: the
+  k-th chorale (madrigal) kept, in sorted path order, is played by ensemble
+  CHORALE_ENSEMBLES[k % 4] (MADRIGAL_ENSEMBLES[k % 4]); voices go to instruments by part
+  name (chorales) or by rank of median pitch, highest first (madrigals).
+- Splits, by recording and stratified by (composer, ensemble): in each stratum of at least
+  MIN_STRATUM recordings, sorted by id, ~10% go to each of test (the test_labels folder),
+  validation and "mt3" test, at evenly spaced positions and at least one each; the rest, and
+  smaller strata, are train. The "musicnet" and "mt3" schemes share the validation list.
+- Size: label files are gzipped (deterministic: no time stamp, no file name); the folder
+  must stay under SIZE_BUDGET.
 
 The output is deterministic: a second run writes byte-identical files.
 """
@@ -42,6 +60,7 @@ import argparse
 import collections
 import csv
 import dataclasses
+import gzip
 import io
 import json
 import math
@@ -50,34 +69,64 @@ import shutil
 import statistics
 import sys
 import time
+import unicodedata
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
-from music21 import chord, converter, corpus, note, tempo
+from music21 import chord, converter, corpus, expressions, meter, note, tempo
 
 LABEL_RATE = 44100
-DEFAULT_QPM = 80
 FIRST_ID = 10001
 SIZE_BUDGET = 4_500_000  # bytes for the whole output folder; tests require < 5 MiB
 LABEL_HEADER = "start_time,end_time,instrument,note,start_beat,end_beat,note_value"
 METADATA_COLUMNS = ["id", "composer", "composition", "movement", "ensemble", "source",
                     "transcriber", "catalog_name", "seconds"]
-ENSEMBLES = ("String Quartet", "Solo Piano", "Wind Quintet")
-VOICES = ("S", "A", "T", "B")
-CHORALE_INSTRUMENTS = {
-    "String Quartet": {"S": 41, "A": 41, "T": 42, "B": 43},
-    "Solo Piano": {"S": 1, "A": 1, "T": 1, "B": 1},
-    "Wind Quintet": {"S": 74, "A": 69, "T": 72, "B": 71},
+# Chorales and madrigals are sparse (about 6 and 4 notes/s): these counts keep the set at
+# MusicNet's ~8 notes/s with the chorales a third of the recordings.
+CHORALES_KEPT = 28     # evenly spaced over the usable chorales
+MADRIGALS_KEPT = 13    # the densest (notes per second) of the usable madrigals
+EXPAND_REPEATS = True  # play repeats, as performances (and so MusicNet's labels) do
+MIN_STRATUM = 5        # smaller (composer, ensemble) strata stay in train
+PIANO, VIOLIN, VIOLA, CELLO = 1, 41, 42, 43
+HORN, OBOE, BASSOON, CLARINET, FLUTE = 61, 69, 71, 72, 74
+
+# Tempo words -> beats per minute of a quarter-note beat; the longest phrase found wins.
+TEMPO_WORDS = {
+    "grave": 44, "sehr langsam": 44, "largo": 48, "lento": 52, "langsam": 56, "adagio": 60,
+    "nicht schnell": 60, "larghetto": 63, "poco adagio": 66, "adagio ma non troppo": 66,
+    "andante espressivo": 72, "massig": 72, "andante": 76, "recitativ": 76,
+    "andantino": 84, "moderato": 96, "allegretto": 112,
+    "tempo di menuetto": 120, "menuetto moderato": 120, "allegro moderato": 120,
+    "menuetto": 132, "menuetto allegretto": 132, "allegro": 132, "allegro vivace": 144,
+    "allegro assai": 152, "allegro vivace assai": 152, "vivace": 152, "molto allegro": 152,
+    "presto": 168, "prestissimo": 192,
 }
-QUARTET_INSTRUMENTS = (41, 41, 42, 43)  # Violin I, Violin II, Viola, Cello
-HORN = 61
-NOT_CHORALES = {"bwv846": "not a chorale (Well-Tempered Clavier I, Prelude in C major)"}
+DEFAULT_WORD = "moderato"
+CHORALE_QPM = 80       # chorales: hymn pace, as in earlier versions of the set
+HALF_BEAT, DOTTED_BEAT = 0.7, 0.6  # bpm factors for half-note and dotted-quarter beats
+
 NOTE_VALUES = {Fraction(4): "Whole", Fraction(3): "Dotted Half", Fraction(2): "Half",
                Fraction(3, 2): "Dotted Quarter", Fraction(1): "Quarter",
                Fraction(3, 4): "Dotted Eighth", Fraction(1, 2): "Eighth",
                Fraction(1, 4): "Sixteenth", Fraction(1, 8): "Thirty Second"}
 TRIPLETS = {Fraction(4, 3), Fraction(2, 3), Fraction(1, 3), Fraction(1, 6)}  # 3:2 tuplets
+
+
+# ------------------------------------------------------------------------------ sources
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """One recording: a corpus file and what MusicNet's metadata would say about it."""
+
+    path: str                   # corpus-relative, e.g. "mozart/k80/movement1.mxl"
+    composer: str
+    composition: str
+    movement: str               # its tempo word, if any, sets the opening tempo
+    catalog_name: str
+    ensemble: str               # "" = a rendering: the ensemble is chosen by rotation
+    codes: tuple[int, ...] = ()  # instrument code per part, in score order; () = piano
+    kind: str = "work"          # "work" (reads printed tempo words), "chorale", "madrigal"
+    tempo_word: str = ""        # overrides the title's tempo word
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +135,7 @@ class Work:
     composition: str
     catalog_name: str
     movements: tuple[str, ...]  # titles of movement1, movement2, ...
+    tempo_words: tuple[str, ...] = ()  # per movement, where the title has none ("" = title)
 
 
 QUARTETS = {
@@ -105,8 +155,241 @@ QUARTETS = {
     "mozart/k458": Work("Mozart", "String Quartet No 17 in B-flat major", "K 458",
                         ("1. Allegro vivace assai", "2. Menuetto. Moderato", "3. Adagio",
                          "4. Allegro assai")),
+    # The corpus gives the Scherzo's Intermezzo a file of its own; it keeps the Presto.
+    "schumann_robert/opus41no1": Work(
+        "Schumann", "String Quartet No 1 in A minor", "Op 41 No 1",
+        ("1. Introduzione. Andante espressivo - Allegro", "2. Scherzo. Presto",
+         "2. Scherzo: Intermezzo", "3. Adagio", "4. Presto"), ("", "", "presto", "", "")),
 }
+QUARTET_CODES = (VIOLIN, VIOLIN, VIOLA, CELLO)  # Violin I, Violin II, Viola, Cello
 
+PIECES = (
+    # Solo Piano: real keyboard music.
+    Piece("bach/bwv846.mxl", "Bach", "Well-Tempered Clavier I, No 1 in C major",
+          "1. Prelude", "BWV 846", "Solo Piano"),
+    Piece("cpebach/h186.mxl", "C.P.E. Bach", "Keyboard Sonata in A major",
+          "2. Poco adagio", "H 186, Wq 55/4", "Solo Piano"),
+    Piece("chopin/mazurka06-2.krn", "Chopin", "Mazurka in C-sharp minor", "Mazurka",
+          "Op 6 No 2", "Solo Piano"),
+    Piece("mozart/k545/movement1_exposition.mxl", "Mozart", "Piano Sonata No 16 in C major",
+          "1. Allegro (exposition only)", "K 545", "Solo Piano"),
+    Piece("joplin/maple_leaf_rag.mxl", "Joplin", "Maple Leaf Rag", "Tempo di marcia",
+          "Maple Leaf Rag", "Solo Piano"),
+    Piece("schoenberg/opus19/movement2.mxl", "Schoenberg", "Six Little Piano Pieces",
+          "2. Langsam", "Op 19", "Solo Piano"),
+    Piece("schoenberg/opus19/movement6.mxl", "Schoenberg", "Six Little Piano Pieces",
+          "6. Sehr langsam", "Op 19", "Solo Piano"),
+    # Solo Piano: hymns for voices, on the piano (renderings).
+    Piece("liliuokalani/aloha_oe.mxl", "Liliuokalani", "Aloha Oe", "Song (piano rendering)",
+          "Aloha Oe", "Solo Piano"),
+    Piece("johnson_j_r/lift_every_voice.mxl", "Johnson", "Lift Every Voice and Sing",
+          "Hymn (piano rendering)", "Lift Every Voice", "Solo Piano"),
+    # Chamber music.
+    Piece("schumann_clara/opus17/movement3.xml", "Clara Schumann", "Piano Trio in G minor",
+          "3. Andante", "Op 17", "Piano Trio", (VIOLIN, CELLO, PIANO, PIANO)),
+    Piece("weber/concertino_clarinet.mxl", "Weber", "Clarinet Concertino in E-flat major "
+          "(piano reduction)", "Concertino", "Op 26", "Accompanied Clarinet",
+          (CLARINET, PIANO, PIANO)),
+    # Songs: the voice part on a violin, the piano part on the piano.
+    Piece("schubert/Lindenbaum.xml", "Schubert", "Winterreise", "5. Der Lindenbaum",
+          "D 911", "Accompanied Violin", (VIOLIN, PIANO, PIANO)),
+    Piece("schumann_robert/opus48no2.mxl", "Schumann", "Dichterliebe",
+          "2. Aus meinen Tranen spriessen", "Op 48", "Accompanied Violin",
+          (VIOLIN, PIANO, PIANO)),
+    Piece("handel/rinaldo/Lascia_chio_pianga.mxl", "Handel", "Rinaldo",
+          "Lascia ch'io pianga", "HWV 7", "Accompanied Violin", (VIOLIN, PIANO, PIANO)),
+    # A three-part madrigal, rendered like Monteverdi's.
+    Piece("lusitano/allor_che_ignuda.mxl", "Lusitano", "Allor che ignuda", "Madrigal",
+          "Allor che ignuda", "", kind="madrigal"),
+)
+
+# Renderings: ensemble by rotation (sorted path order), voices by part name or pitch rank.
+CHORALE_ENSEMBLES = ("Solo Piano", "Solo Piano", "Wind Quintet", "Solo Piano")
+MADRIGAL_ENSEMBLES = ("Solo Piano", "Wind Quintet", "Solo Piano", "Viola Quintet")
+VOICES = ("S", "A", "T", "B")
+CHORALE_CODES = {  # String Quartet: not in the rotation now (left to the real quartets)
+    "String Quartet": {"S": VIOLIN, "A": VIOLIN, "T": VIOLA, "B": CELLO},
+    "Solo Piano": {"S": PIANO, "A": PIANO, "T": PIANO, "B": PIANO},
+    "Wind Quintet": {"S": FLUTE, "A": OBOE, "T": CLARINET, "B": BASSOON},
+}
+# Madrigal voices, highest median pitch first; five-part (Monteverdi) and three-part.
+# Six parts = Book V's five voices + continuo (the lowest part, doubling the bass).
+MADRIGAL_CODES = {
+    "Solo Piano": {n: (PIANO,) * n for n in (3, 5, 6)},
+    "Wind Quintet": {3: (FLUTE, CLARINET, BASSOON), 5: (FLUTE, OBOE, CLARINET, HORN, BASSOON),
+                     6: (FLUTE, OBOE, CLARINET, HORN, BASSOON, BASSOON)},
+    "Viola Quintet": {3: (VIOLIN, VIOLA, CELLO), 5: (VIOLIN, VIOLIN, VIOLA, VIOLA, CELLO),
+                      6: (VIOLIN, VIOLIN, VIOLA, VIOLA, CELLO, CELLO)},
+}
+NOT_CHORALES = {"bwv846": "not a chorale (read as keyboard music)"}
+MADRIGALS_LEFT_OUT = {
+    "monteverdi/madrigal.3.1_old.mxl": "older encoding of madrigal.3.1",
+    "monteverdi/madrigal.5.4.mxl": "file carries a publisher's rights mark (Ut Orpheus 2003)",
+    "monteverdi/madrigal.5.5.mxl": "file carries a publisher's rights mark (Ut Orpheus 2003)",
+}
+ROMAN_NUMERALS = {3: "III", 4: "IV", 5: "V"}
+
+CORPUS_ROOT = Path(corpus.__file__).resolve().parent  # music21/corpus
+
+
+def rel(path: Path) -> str:
+    """Corpus-relative path, e.g. "bach/bwv269.mxl"."""
+    return path.resolve().relative_to(CORPUS_ROOT).as_posix()
+
+
+def quartet_pieces() -> list[Piece]:
+    """One Piece per movement file of each work in QUARTETS."""
+    pieces = []
+    for folder, w in QUARTETS.items():
+        for p in sorted((CORPUS_ROOT / folder).iterdir()):
+            m = re.fullmatch(r"movement(\d+)\.mxl", p.name)
+            if m:
+                i = int(m.group(1)) - 1
+                word = w.tempo_words[i] if w.tempo_words else ""
+                pieces.append(Piece(rel(p), w.composer, w.composition, w.movements[i],
+                                    w.catalog_name, "String Quartet", QUARTET_CODES,
+                                    tempo_word=word))
+    return pieces
+
+
+def chorale_pieces(skipped: list[tuple[str, str]]) -> tuple[list[Piece], int]:
+    """(CHORALES_KEPT chorales evenly spaced in sorted path order, how many are usable).
+
+    A chorale encoded in several formats (bwv277.mxl and bwv277.krn) is read once, from the
+    first of .mxl, .xml, .krn; the others are recorded in `skipped`.
+    """
+    preference = {".mxl": 0, ".xml": 1, ".krn": 2}
+    by_stem = collections.defaultdict(list)
+    for p in corpus.getComposer("bach"):
+        if Path(p).name.startswith("bwv") and Path(p).stem not in NOT_CHORALES:
+            by_stem[Path(p).stem].append(Path(p))
+    chosen = []
+    for stem, paths in sorted(by_stem.items()):
+        paths.sort(key=lambda p: (preference.get(p.suffix, 9), rel(p)))
+        chosen.append(paths[0])
+        skipped += [(rel(p), f"same chorale as {rel(paths[0])}") for p in paths[1:]]
+    chosen.sort(key=rel)
+    keep = [chosen[i * len(chosen) // CHORALES_KEPT] for i in range(CHORALES_KEPT)]
+    out = []
+    for p in keep:
+        bwv = p.stem.removeprefix("bwv")
+        out.append(Piece(rel(p), "Bach", f"Chorale BWV {bwv}", "Chorale", f"BWV {bwv}", "",
+                         kind="chorale"))
+    return out, len(chosen)
+
+
+def madrigal_pieces(skipped: list[tuple[str, str]]) -> list[Piece]:
+    """Every usable Monteverdi madrigal (main() keeps the densest MADRIGALS_KEPT)."""
+    out = []
+    for p in sorted((CORPUS_ROOT / "monteverdi").glob("madrigal.*.mxl"), key=rel):
+        if rel(p) in MADRIGALS_LEFT_OUT:
+            skipped.append((rel(p), MADRIGALS_LEFT_OUT[rel(p)]))
+            continue
+        book, number = map(int, re.fullmatch(r"madrigal\.(\d+)\.(\d+)\.mxl", p.name).groups())
+        out.append(Piece(rel(p), "Monteverdi", f"Madrigals, Book {ROMAN_NUMERALS[book]}",
+                         f"No {number}", f"Book {book} No {number}", "", kind="madrigal"))
+    return out
+
+
+# ------------------------------------------------------------------------------ tempo
+
+def normalized(text: str) -> str:
+    """Lower case, no accents or punctuation: "Mäßig." -> "massig"."""
+    text = unicodedata.normalize("NFKD", text.replace("ß", "ss")).lower()
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+
+
+def title_word(text: str) -> str:
+    """The longest TEMPO_WORDS phrase in a title ("" if none)."""
+    padded = f" {normalized(text)} "
+    found = [w for w in TEMPO_WORDS if f" {w} " in padded]
+    return max(found, key=len) if found else ""
+
+
+def beat_factor(ts) -> float:
+    """Quarter notes per beat x the beat's share of a quarter-note beat's bpm."""
+    if ts is None:
+        return 1.0
+    if ts.denominator == 2:
+        return 2 * HALF_BEAT
+    if ts.denominator == 8 and ts.numerator % 3 == 0:
+        return 1.5 * DOTTED_BEAT
+    return 1.0
+
+
+def tempo_changes(score, piece: Piece) -> tuple[list[tuple[float, float]], str]:
+    """[(offset in quarter notes, quarter notes per minute)] and how the tempo was found."""
+    meters = sorted({(float(t.getOffsetInHierarchy(score)), t.ratioString): t
+                     for t in score.parts[0].recurse().getElementsByClass(
+                         meter.TimeSignature)}.items())
+    meter_at = lambda o: next((t for (off, _), t in reversed(meters) if off <= o), None)
+    printed = sorted({float(m.getOffsetInHierarchy(score)): m.getQuarterBPM()
+                      for m in score.recurse().getElementsByClass(tempo.MetronomeMark)
+                      if m.number is not None and not m.numberImplicit}.items())
+    words = []  # (offset, word) printed in the score, whole text a TEMPO_WORDS phrase
+    if piece.kind == "work":
+        for x in score.recurse().getElementsByClass((expressions.TextExpression,
+                                                     tempo.TempoText)):
+            text = normalized(x.content if hasattr(x, "content") else x.text)
+            if text in TEMPO_WORDS or text in ("tempo i", "tempo primo"):
+                words.append((float(x.getOffsetInHierarchy(score)), text))
+    words = sorted(set(words))
+    # The opening: a printed mark, else a word in the score, the title's or the default.
+    opening = [w for o, w in words if o <= 1 and w in TEMPO_WORDS]
+    if printed and printed[0][0] <= 1:
+        how, first_word = "printed metronome mark", ""
+    elif opening:
+        how, first_word = "tempo word in the score", opening[0]
+    elif piece.tempo_word or title_word(piece.movement):
+        how, first_word = "tempo word of the title", piece.tempo_word or title_word(
+            piece.movement)
+    elif piece.kind == "chorale":
+        how, first_word = f"default (chorale, quarter = {CHORALE_QPM})", ""
+    else:
+        how, first_word = f"default ({DEFAULT_WORD})", DEFAULT_WORD
+    if printed:  # printed marks rule; words only fill the gap before the first one
+        changes = list(printed)
+        if printed[0][0] <= 1:  # a mark over a pickup applies from the start
+            changes[0] = (0.0, printed[0][1])
+        else:
+            qpm = TEMPO_WORDS[first_word] * beat_factor(meter_at(0)) if first_word else \
+                CHORALE_QPM
+            changes.insert(0, (0.0, qpm))
+        return changes, how
+    # Words set a beat rate that carries over time-signature changes (beat = new beat);
+    # "Tempo I" restores the opening's quarter-note rate.
+    bpm0 = TEMPO_WORDS[first_word] if first_word else None
+    events = [(0.0, bpm0)] + [(o, TEMPO_WORDS.get(w, "tempo i")) for o, w in words if o > 1]
+    events += [(off, None) for (off, _), _ in meters if off > 0]  # None = keep the bpm
+    changes, bpm = [], bpm0
+    for o, b in sorted(events, key=lambda e: e[0]):
+        if b == "tempo i":
+            b = bpm0 and bpm0 * beat_factor(meter_at(0)) / beat_factor(meter_at(o))
+        bpm = b if b is not None else bpm
+        qpm = bpm * beat_factor(meter_at(o)) if bpm is not None else CHORALE_QPM
+        changes = [c for c in changes if c[0] != o] + [(o, qpm)]
+    return changes, how
+
+
+def seconds_of(changes: list[tuple[float, float]]):
+    """Quarter-note offset -> seconds, for piecewise constant tempi."""
+    segments, elapsed = [], 0.0
+    for i, (start, qpm) in enumerate(changes):
+        end = changes[i + 1][0] if i + 1 < len(changes) else math.inf
+        segments.append((start, elapsed, 60.0 / qpm))
+        if end < math.inf:
+            elapsed += (end - start) * 60.0 / qpm
+
+    def convert(offset: Fraction) -> float:
+        offset = float(offset)
+        start, before, spq = next((s for s in reversed(segments) if s[0] <= offset),
+                                  segments[0])
+        return before + (offset - start) * spq
+    return convert
+
+
+# ------------------------------------------------------------------------------ conversion
 
 @dataclasses.dataclass
 class Note:
@@ -119,75 +402,20 @@ class Note:
 
 @dataclasses.dataclass
 class Score:
-    """One parsed movement: its parts' notes, before instruments are assigned."""
+    """One parsed recording: its parts' notes, before instruments are assigned."""
 
-    path: str                  # corpus-relative, e.g. "bach/bwv269.mxl"
-    composer: str
-    composition: str
-    movement: str
-    catalog_name: str
-    parts: list[tuple[str, list[Note]]]  # (role, notes): S/A/T/B/"extra", or quartet part
-    has_tempo: bool = False    # whether the score has its own metronome mark
-    timpani_dropped: int = 0   # timpani parts left out
-    ensemble: str = "String Quartet"
+    piece: Piece
+    parts: list[tuple[str, list[Note]]]  # (role or part name, notes), in score order
+    tempo_how: str
+    timpani_dropped: int = 0   # timpani parts left out (chorales)
+    ensemble: str = ""
+    repeats: str = ""          # how repeats were treated
     id: int = 0
     text: str = ""             # the rendered label CSV
 
-
-# ------------------------------------------------------------------------------ sources
-
-CORPUS_ROOT = Path(corpus.__file__).resolve().parent  # music21/corpus
-
-
-def rel(path: Path) -> str:
-    """Corpus-relative path, e.g. "bach/bwv269.mxl"."""
-    return path.resolve().relative_to(CORPUS_ROOT).as_posix()
-
-
-def corpus_sources(skipped: list[tuple[str, str]]) -> tuple[list[Path], list[Path]]:
-    """(chorale paths, quartet movement paths), each sorted by corpus-relative path.
-
-    A chorale encoded in several formats (bwv277.mxl and bwv277.krn) is read once, from the
-    first of .mxl, .xml, .krn; the others, and the non-chorales, are recorded in `skipped`.
-    """
-    preference = {".mxl": 0, ".xml": 1, ".krn": 2}
-    by_stem = collections.defaultdict(list)
-    for p in corpus.getComposer("bach"):
-        if Path(p).name.startswith("bwv"):
-            by_stem[Path(p).stem].append(Path(p))
-    chorales = []
-    for stem, paths in sorted(by_stem.items()):
-        if stem in NOT_CHORALES:
-            skipped += [(rel(p), NOT_CHORALES[stem]) for p in sorted(paths, key=rel)]
-            continue
-        paths.sort(key=lambda p: (preference.get(p.suffix, 9), rel(p)))
-        chorales.append(paths[0])
-        skipped += [(rel(p), f"same chorale as {rel(paths[0])}") for p in paths[1:]]
-    quartets = [p for work in QUARTETS for p in (CORPUS_ROOT / work).iterdir()
-                if re.fullmatch(r"movement\d+\.\w+", p.name)]
-    return sorted(chorales, key=rel), sorted(quartets, key=rel)
-
-
-# ------------------------------------------------------------------------------ conversion
-
-def seconds_of(score) -> tuple[Callable[[Fraction], float], bool]:
-    """(quarter-note offset -> seconds, whether the score has its own metronome mark)."""
-    marks = [m for m in score.recurse().getElementsByClass(tempo.MetronomeMark)
-             if m.getQuarterBPM() is not None]  # "playback only" marks count too
-    if not any(m.getOffsetInHierarchy(score) == 0 for m in marks):
-        score.insert(0, tempo.MetronomeMark(number=DEFAULT_QPM))
-    segments, elapsed = [], 0.0
-    for start, end, mark in score.metronomeMarkBoundaries():
-        spq = mark.secondsPerQuarter()
-        segments.append((float(start), float(end), elapsed, spq))
-        elapsed += (float(end) - float(start)) * spq
-
-    def convert(offset: Fraction) -> float:
-        offset = float(offset)
-        segment = next((s for s in segments if offset <= s[1]), segments[-1])
-        start, _, before, spq = segment
-        return before + (offset - start) * spq
-    return convert, bool(marks)
+    @property
+    def path(self) -> str:
+        return self.piece.path
 
 
 def part_notes(part, seconds) -> list[Note]:
@@ -231,49 +459,67 @@ def chorale_roles(parts: list[tuple[str, list[Note]]]) -> list[str]:
     return roles
 
 
-def parse(path: Path, skipped: list[tuple[str, str]]):
-    """Parses one corpus file into a Score, or returns None (and says why in `skipped`)."""
-    name = rel(path)
+def performed(score):
+    """The score with its repeats played (music21's expandRepeats), when that is sound."""
     try:
-        score = converter.parseFile(path, forceSource=True, storePickle=False)
+        expanded = score.expandRepeats()
+    except Exception:  # pylint: disable=broad-except
+        return score, "as written (music21 cannot expand its repeats)"
+    ratio = float(expanded.highestTime) / max(float(score.highestTime), 1e-9)
+    if ratio > 2:  # more than every bar twice: a malformed expansion
+        return score, "as written (expansion implausible)"
+    return expanded, "expanded" if ratio > 1 else "no repeats"
+
+
+def parse(piece: Piece, skipped: list[tuple[str, str]]) -> Score | None:
+    """Parses one corpus file into a Score, or returns None (and says why in `skipped`)."""
+    try:
+        score = converter.parseFile(CORPUS_ROOT / piece.path, forceSource=True,
+                                    storePickle=False)
     except Exception as e:  # pylint: disable=broad-except
-        skipped.append((name, f"does not parse ({type(e).__name__}: {e})"))
+        skipped.append((piece.path, f"does not parse ({type(e).__name__}: {e})"))
         return None
-    seconds, marked = seconds_of(score)
+    score = score.toSoundingPitch()  # e.g. the B-flat clarinet is written a tone higher
+    score, repeats = performed(score) if EXPAND_REPEATS else (score, "as written")
+    changes, how = tempo_changes(score, piece)
+    seconds = seconds_of(changes)
     parts, dropped = [], 0
     for part in score.parts:
-        part_name = (part.partName or "").replace("\r", " ").strip()
-        if "timpani" in part_name.lower():
+        name = (part.partName or "").replace("\r", " ").strip()
+        if piece.kind == "chorale" and "timpani" in name.lower():
             dropped += 1
             continue
-        parts.append((part_name, part_notes(part, seconds)))
+        parts.append((name, part_notes(part, seconds)))
     if not any(notes for _, notes in parts):
-        skipped.append((name, "no notes"))
+        skipped.append((piece.path, "no notes"))
         return None
-    work = name.rsplit("/", 1)[0]
-    if work in QUARTETS:
-        w = QUARTETS[work]
-        if len(parts) != len(QUARTET_INSTRUMENTS):
-            skipped.append((name, f"{len(parts)} parts, expected a string quartet's 4"))
-            return None
-        number = int(re.match(r"movement(\d+)", path.name).group(1))
-        roles = ["Violin I", "Violin II", "Viola", "Cello"]  # the corpus's part order
-        return Score(name, w.composer, w.composition, w.movements[number - 1], w.catalog_name,
-                     [(r, notes) for r, (_, notes) in zip(roles, parts)], marked, dropped)
-    bwv = path.stem.removeprefix("bwv")
-    roles = chorale_roles(parts)
-    return Score(name, "Bach", f"Chorale BWV {bwv}", "Chorale", f"BWV {bwv}",
-                 [(r, notes) for r, (_, notes) in zip(roles, parts)], marked, dropped)
+    if piece.codes and len(parts) != len(piece.codes):
+        skipped.append((piece.path, f"{len(parts)} parts, expected {len(piece.codes)}"))
+        return None
+    if piece.kind == "madrigal" and len(parts) not in MADRIGAL_CODES["Solo Piano"]:
+        skipped.append((piece.path, f"{len(parts)} parts, expected 3, 5 or 6"))
+        return None
+    if piece.kind == "chorale":
+        parts = [(r, notes) for r, (_, notes) in zip(chorale_roles(parts), parts)]
+    return Score(piece, parts, how, dropped, piece.ensemble, repeats=repeats)
 
 
 def instruments(score: Score) -> list[int]:
     """MusicNet instrument code for each of the score's parts."""
-    if score.composer != "Bach":
-        return list(QUARTET_INSTRUMENTS)
-    table = CHORALE_INSTRUMENTS[score.ensemble]
-    voice_pitch = {role: median_pitch(notes) for role, notes in score.parts if role in VOICES}
+    kind, parts = score.piece.kind, score.parts
+    if kind == "madrigal":  # voices by rank of median pitch, highest first
+        order = sorted(range(len(parts)), key=lambda i: (-median_pitch(parts[i][1]), i))
+        table = MADRIGAL_CODES[score.ensemble][len(parts)]
+        codes = [0] * len(parts)
+        for rank, i in enumerate(order):
+            codes[i] = table[rank]
+        return codes
+    if kind != "chorale":
+        return list(score.piece.codes) or [PIANO] * len(parts)
+    table = CHORALE_CODES[score.ensemble]
+    voice_pitch = {role: median_pitch(notes) for role, notes in parts if role in VOICES}
     codes = []
-    for role, notes in score.parts:
+    for role, notes in parts:
         if role in VOICES:
             codes.append(table[role])
         elif score.ensemble == "Wind Quintet":
@@ -311,6 +557,11 @@ def last_end(score: Score) -> int:
     return max(n.end for _, notes in score.parts for n in notes)
 
 
+def raw_density(score: Score) -> float:
+    """Notes per second before instruments are assigned (to choose madrigals)."""
+    return sum(len(notes) for _, notes in score.parts) * LABEL_RATE / last_end(score)
+
+
 def num_notes(score: Score) -> int:
     """Rows written (after unisons on one instrument are merged)."""
     return score.text.count("\n") - 1
@@ -318,36 +569,31 @@ def num_notes(score: Score) -> int:
 
 # ------------------------------------------------------------------------------ selection, splits
 
-def assign(chorales: list[Score], quartets: list[Score]) -> list[Score]:
-    """Ensembles, ids and label text for a chosen set of scores (sorted path order)."""
-    for k, score in enumerate(chorales):
-        score.ensemble = ENSEMBLES[k % 3]
-    scores = sorted(chorales + quartets, key=lambda s: s.path)
-    for i, score in enumerate(scores):
-        score.id = FIRST_ID + i
-        score.text = render(score)
+def assign(scores: list[Score]) -> list[Score]:
+    """Ensembles of the renderings (rotation per kind), ids and label text."""
+    scores = sorted(scores, key=lambda s: s.path)
+    for kind, rotation in (("chorale", CHORALE_ENSEMBLES), ("madrigal", MADRIGAL_ENSEMBLES)):
+        for k, s in enumerate(s for s in scores if s.piece.kind == kind):
+            s.ensemble = rotation[k % len(rotation)]
+    for i, s in enumerate(scores):
+        s.id = FIRST_ID + i
+        s.text = render(s)
     return scores
-
-
-def subset(chorales: list[Score], keep: int) -> list[Score]:
-    """`keep` evenly spaced chorales (all of them when keep >= len)."""
-    if keep >= len(chorales):
-        return list(chorales)
-    return [chorales[i * len(chorales) // keep] for i in range(keep)]
 
 
 def make_splits(scores: list[Score]) -> dict[int, str]:
     """id -> "train" / "test" (the test folder) / "validation" / "mt3_test"."""
     strata = collections.defaultdict(list)
     for s in scores:
-        strata[(s.composer, s.ensemble)].append(s.id)
+        strata[(s.piece.composer, s.ensemble)].append(s.id)
     split = {}
     for ids in strata.values():
         ids.sort()
-        k = max(1, round(len(ids) / 10))
-        picks = 3 * k
         for i in ids:
             split[i] = "train"
+        if len(ids) < MIN_STRATUM:  # too few to hold out three and still train on some
+            continue
+        picks = 3 * max(1, round(len(ids) / 10))
         for j in range(picks):
             split[ids[int((j + 0.5) * len(ids) / picks)]] = ("test", "validation",
                                                              "mt3_test")[j % 3]
@@ -361,8 +607,9 @@ def metadata_csv(scores: list[Score]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(METADATA_COLUMNS)
     for s in scores:
-        writer.writerow([s.id, s.composer, s.composition, s.movement, s.ensemble,
-                         "music21 corpus", "music21", s.catalog_name,
+        p = s.piece
+        writer.writerow([s.id, p.composer, p.composition, p.movement, s.ensemble,
+                         "music21 corpus", "music21", p.catalog_name,
                          math.ceil(last_end(s) / LABEL_RATE)])
     return buf.getvalue()
 
@@ -372,122 +619,242 @@ def marker_json(split: dict[int, str]) -> str:
            for name in ("validation", "mt3_test")}
     marker = {
         "name": "musicflax-sample",
-        "version": "1.0.0",
+        "version": "2.0.0",
         "audio": "synthesized",
-        "description": ("Public-domain scores from music21's corpus (Bach chorales; Haydn and "
-                        "Mozart string quartet movements) in the MusicNet label layout; "
-                        "audio is synthesized from the labels. Built by "
+        "description": ("Public-domain scores from music21's corpus (keyboard music, string "
+                        "quartets and other chamber music; madrigals, hymns and a minority "
+                        "of Bach chorales rendered for MusicNet's ensembles) in the MusicNet "
+                        "label layout; audio is synthesized from the labels. Built by "
                         "scripts/build_sample_set.py."),
-        "default_tempo_qpm": DEFAULT_QPM,
         "splits": {"musicnet": {"validation": ids["validation"]},
                    "mt3": {"validation": ids["validation"], "test": ids["mt3_test"]}},
     }
     return json.dumps(marker, indent=2) + "\n"
 
 
-def summary(scores, split, skipped, total_chorales) -> list[str]:
+def gzipped(text: str) -> bytes:
+    """Deterministic gzip: no time stamp, no file name, fixed level."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as f:
+        f.write(text.encode())
+    return buf.getvalue()
+
+
+def source_group(s: Score) -> str:
+    p = s.piece
+    if p.kind == "chorale":
+        return "Bach chorales (renderings)"
+    if p.kind == "madrigal":
+        return "madrigals (renderings)"
+    if "rendering" in p.movement:
+        return "hymns (piano renderings)"
+    if s.ensemble == "Solo Piano":
+        return "keyboard music"
+    if s.ensemble == "String Quartet":
+        return "string quartets"
+    return "other chamber music and songs"
+
+
+def density_line(name: str, scores: list[Score]) -> str:
+    notes = sum(num_notes(s) for s in scores)
+    secs = sum(last_end(s) for s in scores) / LABEL_RATE
+    return (f"{name}: {len(scores)} recordings, {notes} notes, {secs / 60:.1f} min, "
+            f"{notes / secs:.2f} notes/s")
+
+
+def summary(scores, split, skipped, usable_chorales, usable_madrigals) -> list[str]:
     """The numbers, as lines, for the console and the README."""
     folder = {i: ("test" if s == "test" else "train") for i, s in split.items()}
     lines = [f"recordings: {len(scores)} ({sum(f == 'train' for f in folder.values())} in "
              f"train_labels, {sum(f == 'test' for f in folder.values())} in test_labels)"]
-    for scheme, names in (("musicnet", {"test": "test", "validation": "validation"}),
-                          ("mt3", {"mt3_test": "test", "validation": "validation"})):
+    schemes = (("musicnet", {"test": "test", "validation": "validation"}),
+               ("mt3", {"mt3_test": "test", "validation": "validation"}))
+    for scheme, names in schemes:
         count = collections.Counter(names.get(split[s.id], "train") for s in scores)
         lines.append(f"{scheme} scheme: train {count['train']}, validation "
                      f"{count['validation']}, test {count['test']}")
     for key in ("composer", "ensemble"):
         table = collections.defaultdict(collections.Counter)
         for s in scores:
-            table[getattr(s, key)][split[s.id]] += 1
+            table[s.piece.composer if key == "composer" else s.ensemble][split[s.id]] += 1
         for value, c in sorted(table.items()):
             lines.append(f"{key} {value}: {sum(c.values())} recordings ({c['test']} in "
                          f"test_labels, {c['validation']} validation, {c['mt3_test']} mt3 "
                          f"test, {c['train']} in no list)")
+    for scheme, names in schemes:
+        by = collections.defaultdict(set)
+        for s in scores:
+            by[names.get(split[s.id], "train")].add(s.piece.composer)
+        lines.append(f"{scheme} scheme composers: " + "; ".join(
+            f"{name} {', '.join(sorted(by[name]))}" for name in ("train", "validation", "test")))
+    chorales = sum(s.piece.kind == "chorale" for s in scores)
+    lines.append(f"chorales: {chorales} of {len(scores)} recordings "
+                 f"({100 * chorales / len(scores):.0f}%), evenly spaced over "
+                 f"{usable_chorales} usable")
+    lines.append(f"madrigals: {sum(s.piece.kind == 'madrigal' for s in scores)} kept of "
+                 f"{usable_madrigals} usable (the most notes per second)")
+    lines.append(density_line("all", scores).replace("all: ", "total: "))
     hours = sum(last_end(s) for s in scores) / LABEL_RATE / 3600
-    lines.append(f"notes: {sum(num_notes(s) for s in scores)}; hours: {hours:.2f}")
-    lines.append(f"chorales kept: {sum(s.composer == 'Bach' for s in scores)} of "
-                 f"{total_chorales} usable")
-    lines.append(f"skipped files: {len(skipped)}" +
-                 "".join(f"\n  {path}: {why}" for path, why in skipped))
-    for composer in ("Bach", "Haydn", "Mozart"):
-        own = [s.has_tempo for s in scores if s.composer == composer]
-        lines.append(f"{composer}: {sum(own)} of {len(own)} recordings have their own "
-                     f"metronome mark, the rest use quarter = {DEFAULT_QPM}")
+    lines.append(f"hours: {hours:.2f}")
+    groups = collections.defaultdict(list)
+    for s in scores:
+        groups[source_group(s)].append(s)
+    lines += [density_line(f"  {g}", groups[g]) for g in sorted(groups)]
+    ensembles = collections.defaultdict(list)
+    for s in scores:
+        ensembles[s.ensemble].append(s)
+    lines += [density_line(f"  ensemble {e}", ensembles[e]) for e in sorted(ensembles)]
+    repeats = collections.Counter(s.repeats for s in scores)
+    lines.append("repeats: " + "; ".join(f"{h} {n}" for h, n in sorted(repeats.items())))
+    how = collections.Counter(s.tempo_how for s in scores)
+    lines.append("opening tempo from: " + "; ".join(f"{h} {n}" for h, n in sorted(how.items())))
     lines.append(f"timpani parts dropped: {sum(s.timpani_dropped for s in scores)} (in "
                  f"{sum(s.timpani_dropped > 0 for s in scores)} chorales)")
+    lines.append(f"files skipped: {len(skipped)}" +
+                 "".join(f"\n  {path}: {why}" for path, why in skipped))
     return lines
 
 
 README = """# musicflax sample set
 
 A small stand-in for [MusicNet](https://zenodo.org/records/5120004) that can ship with the code:
-exactly its layout (`musicnet_metadata.csv`, `musicnet/{{train,test}}_labels/<id>.csv`, the
-same columns, instrument codes and ensemble names) but **no audio**. `musicflax_sample_set.json`
-marks the folder as such (the data code synthesizes audio from the labels) and carries the
-split lists. Ids start at {first_id}, clear of MusicNet's (1727..2678).
+exactly its layout (`musicnet_metadata.csv`, `musicnet/{{train,test}}_labels/<id>.csv.gz`:
+MusicNet's label CSVs, gzipped; the same columns, instrument codes and ensemble names) but
+**no audio**. `musicflax_sample_set.json` marks the folder as such (the data code synthesizes
+audio from the labels) and carries the split lists. Ids start at {first_id}, clear of
+MusicNet's (1727..2678).
+
+## What is in it
+
+MusicNet is about half solo piano, then string quartets and other chamber music, at about
+8 notes per second. This set follows that mix as far as music21's corpus allows (numbers
+below): real keyboard music and real chamber music (string quartets, a piano trio, a
+clarinet piece with piano, songs with the voice on a violin) first; then **renderings**,
+vocal part-music given to MusicNet's ensembles: the densest of Monteverdi's madrigals, two
+hymns on the piano, and a minority of Bach's chorales (a third of the recordings). A
+rendering keeps the composer's notes and only chooses the instruments; the metadata shows
+which recordings are renderings ("Chorale BWV ...", "Madrigals, Book ...", "... (piano
+rendering)"). The corpus has too little dense instrumental music for a bigger set: every
+madrigal or chorale added beyond these pulls the note density below MusicNet's, and
+Beethoven, its largest store of chamber music, stays out (below).
 
 ## Where it comes from
 
 Scores from the corpus bundled with [music21](https://github.com/cuthbertLab/music21) 10.5.1,
-read offline: every Bach chorale (`bach/bwv*`, except bwv846, the C major Prelude of the
-Well-Tempered Clavier; a chorale present in two formats is read once, from the .mxl) and the
-per-movement files of Haydn's string quartets Op 1 No 1 and Op 74 No 1 and Mozart's K 80,
-K 155, K 156 and K 458, one recording per movement as in MusicNet. Mozart's K 545 is left out:
-the corpus holds only the exposition of its first movement.
+read offline, one recording per corpus file:
+
+- keyboard music (Solo Piano): Bach, Well-Tempered Clavier I, Prelude in C major (BWV 846);
+  C.P.E. Bach, Sonata in A major Wq 55/4, Poco adagio; Chopin, Mazurka Op 6 No 2; Mozart,
+  Sonata K 545, first movement, **exposition only** (all the corpus holds; named so in the
+  metadata); Joplin, Maple Leaf Rag; Schoenberg, Op 19 Nos 2 and 6 (published 1913: public
+  domain in the US, and where copyright runs 70 years after the author's death, since 2022);
+- string quartets: Haydn Op 1 No 1 and Op 74 No 1, Mozart K 80, 155, 156 and 458, Robert
+  Schumann Op 41 No 1 (the corpus gives the Scherzo's Intermezzo a file of its own);
+- other chamber music: Clara Schumann, Piano Trio Op 17, third movement (Piano Trio); Weber,
+  Clarinet Concertino Op 26 in a piano reduction dedicated to the public domain by its
+  arranger (Accompanied Clarinet); songs with the voice part on a violin (Accompanied
+  Violin): Schubert's Der Lindenbaum, Schumann's Dichterliebe No 2, Handel's Lascia ch'io
+  pianga (its da capo played);
+- renderings: Monteverdi's madrigals (Books 3-5; the {madrigals} with the most notes per
+  second; Lusitano's three-part madrigal is a candidate too), Liliuokalani's Aloha Oe and
+  J. Rosamond Johnson's Lift Every Voice and Sing (on the piano), and {chorales} of Bach's
+  chorales (`bach/bwv*`, evenly spaced in path order; a chorale present in two formats is
+  read once, from the .mxl).
+
+Left out: **all of Beethoven** (his string quartets in the corpus are kept as unseen test
+material), and every encoding whose file states licence terms, so that nothing here carries
+any: Palestrina's masses and CCARH's kern files ("rights to all derivative electronic formats
+reserved"), share-alike or copyleft encodings (Clara Schumann's polonaises Op 1, CC BY-SA;
+Webern's Dormi Jesu, Beach, Ciconia and da Firenze, CC BY-SA; Josquin, GPL), Monteverdi's
+Book 5 Nos 4 and 5 (a publisher's rights mark); also Corelli's Op 3 No 1 Grave (CC BY: one
+slow movement, not worth an attribution clause), Verdi's La donna e mobile (a modern
+adaptation) and the folk-song, trecento and exercise collections.
 
 The compositions are in the public domain, and only note events (times, pitches, durations)
 are kept, no engraving or text. The music21 corpus is distributed with the encoders'
 permission (the chorale encodings credit Margaret Greentree, jsbchorales.net); its licence
 (`music21/corpus/license.txt`) says the music21 creators assume no copyright or change in
-licensing for the corpus, and that some encodings may carry restrictions (e.g. on commercial
-use) stated in the files themselves. The files used here embed no such licence or rights
-statement. The metadata says `source` = `music21 corpus`, `transcriber` = `music21`.
+licensing for the corpus, and that some encodings may carry restrictions stated in the files
+themselves: the files used here state none, or dedicate the encoding to the public domain
+(Weber, Liliuokalani, Johnson: "CC0" / "assigned to the public domain"). The metadata says
+`source` = `music21 corpus`, `transcriber` = `music21`.
 
 ## Rebuild
 
     pip install music21==10.5.1   # or: pip install -e .[sampleset]
     python scripts/build_sample_set.py --out musicflax/data/sample_set
 
-The build is deterministic: a rebuild writes byte-identical files.
+The build is deterministic: a rebuild writes byte-identical files (label files are gzipped
+with no time stamp and no file name).
 
 ## Rules
 
 - **Labels**: one row per note, sorted by (start_time, note, instrument); times are sample
   indices at 44.1 kHz. `start_beat` is the onset and `end_beat` the note's *length* (MusicNet's
-  naming), both in quarter notes. Tied notes are merged; a chord gives one row per pitch, with
-  one start_time; rests, grace notes and timpani give nothing. Two parts playing the same pitch
-  at the same times on the same instrument code (e.g. S and A on one piano key) give one row.
-  `note_value` is Whole, Dotted Half, Half, Dotted Quarter, Quarter, Dotted Eighth, Eighth,
-  Sixteenth, Thirty Second, Triplet (a 3:2 tuplet: 4/3, 2/3, 1/3 or 1/6 of a quarter) or
-  Unknown (other lengths, e.g. ties merged into odd lengths).
-- **Tempo**: quarter notes become seconds through the score's metronome marks (music21's
-  MetronomeMark boundaries; an encoder's "playback only" mark counts). Before a score's first
-  mark, and in scores without one, **quarter = {qpm}** (how many of each, below). Fermatas are
-  ignored and repeats are not expanded. `seconds` in the metadata is the last note's end,
+  naming), both in quarter notes of the performed score (repeats played). Tied notes are
+  merged; a chord gives one row per pitch, with one start_time; rests, grace notes and
+  timpani give nothing. Two parts playing the same pitch at the same times on the same
+  instrument code (e.g. S and A on one piano key) give one row. `note_value` is Whole,
+  Dotted Half, Half, Dotted Quarter, Quarter, Dotted Eighth, Eighth, Sixteenth, Thirty
+  Second, Triplet (a 3:2 tuplet: 4/3, 2/3, 1/3 or 1/6 of a quarter) or Unknown.
+- **Repeats** are played, as in a performance: music21 expands repeat bars and da capo /
+  dal segno marks. Where it cannot, or its result would be more than twice the written
+  length (a malformed expansion), the score is read as written (how many, below).
+- **Tempo**, from where each applies: (1) printed metronome marks; else (2) tempo words: the
+  movement's title (or the score's own word at its start) and, in the instrumental works and
+  songs, tempo words printed later in the score ("Allegro", "Moderato", "Tempo I"); else
+  (3) quarter = {qpm} for chorales, "moderato" for everything else (the madrigals among
+  them). Encoders' playback-only tempi are ignored (several are a notation program's
+  default). A word's value is beats per minute for a quarter-note beat; a half-note beat
+  (2/2, 3/2) goes at {half} x that, a dotted-quarter beat (3/8, 6/8, 9/8, 12/8) at {dotted} x
+  (so Presto is quarter = 168 in 2/4, dotted quarter = 101 in 6/8). Words are compared
+  without accents or punctuation; the longest phrase found in a title wins. Words and
+  values (bpm of a quarter-note beat):
+
+{words}
+
+  Fermatas and ritardandi are ignored. `seconds` in the metadata is the last note's end,
   rounded up.
-- **Instruments** (MusicNet's 1-based General MIDI codes): quartet parts Violin I, Violin II,
-  Viola, Cello -> 41, 41, 42, 43 (ensemble String Quartet). The k-th kept chorale, in sorted
-  path order, is played by ensemble k mod 3: String Quartet (S, A -> 41 Violin, T -> 42 Viola,
-  B -> 43 Cello), Solo Piano (all voices -> 1) or Wind Quintet (S -> 74 Flute, A -> 69 Oboe,
-  T -> 72 Clarinet, B -> 71 Bassoon). Voices are found by part name (Soprano/Alto/Tenor/Bass),
-  else by ranking the parts by median pitch. A chorale's extra parts (instrumental doublings
-  and obbligati, continuo, a second soprano) play: in the String Quartet, the instrument of the
-  voice nearest in median pitch; on the piano, the piano; in the Wind Quintet, the horn (61).
-  Timpani parts are dropped.
-- **Splits** (by recording): recordings are grouped by (composer, ensemble); in each group,
-  sorted by id, about 10% (at least one) go to each of: the `test_labels` folder (the
-  "musicnet" scheme's test split, like MusicNet's test folder), the validation list, and the
-  "mt3" scheme's test list, at evenly spaced positions; the rest are in no list. The validation
-  list is shared by both schemes (as this code's default MusicNet validation list is MT3's);
-  both mt3 lists come from `train_labels`. So every composer and every ensemble is in train,
-  validation and test under both schemes.
-- **Size**: the folder must stay under 5 MB, so when all chorales would take more than 4.5 MB
-  an evenly spaced subset of them is kept (how many, below).
+- **Instruments** (MusicNet's 1-based General MIDI codes): a work's own parts keep their
+  instruments (Violin I/II, Viola, Cello -> 41, 41, 42, 43; piano -> 1; clarinet -> 72); a
+  song's voice -> 41 Violin. Renderings: the k-th kept chorale (madrigal), in sorted path
+  order, is played by ensemble k mod {nchor} of
+      chorales:  {chorale_ensembles}
+      madrigals: {madrigal_ensembles}
+  Chorale voices are found by part name (Soprano/Alto/Tenor/Bass), else by ranking the
+  parts by median pitch: Wind Quintet S, A, T, B -> 74 Flute, 69 Oboe, 72 Clarinet,
+  71 Bassoon, extra parts (doublings, obbligati, continuo) -> 61 Horn; Solo Piano: all
+  parts -> 1. (The String Quartet is left to Haydn's, Mozart's and Schumann's quartets.)
+  Madrigal voices, ranked by median pitch from the top: Wind Quintet
+  -> 74, 69, 72, 61, 71; Viola Quintet -> 41, 41, 42, 42, 43; a continuo part (Book 5) is
+  the lowest and doubles the bass (71 / 43). Timpani parts are dropped.
+- **Splits** (by recording): recordings are grouped by (composer, ensemble); in each group of
+  at least {min_stratum}, sorted by id, about 10% (at least one) go to each of: the
+  `test_labels` folder (the "musicnet" scheme's test split, like MusicNet's test folder), the
+  validation list, and the "mt3" scheme's test list, at evenly spaced positions; the rest
+  are in no list. Smaller groups (a single song, a piano piece, a few renderings) are train
+  only: held out, they would leave nothing of their kind to train on. The validation list
+  is shared by both schemes (as this code's default MusicNet validation list is MT3's); both
+  mt3 lists come from `train_labels`.
+- **Size**: the folder must stay under {budget_mb} MB.
 
 ## Contents
 
 {summary}
 """
+
+
+def words_table() -> str:
+    """TEMPO_WORDS as indented lines for the README, slowest first."""
+    items = sorted(TEMPO_WORDS.items(), key=lambda kv: (kv[1], kv[0]))
+    cells = [f"{w} {b}" for w, b in items]
+    lines, line = [], "   "
+    for cell in cells:
+        if len(line) + len(cell) + 2 > 92:
+            lines.append(line)
+            line = "   "
+        line += f" {cell},"
+    return "\n".join(lines + [line.rstrip(",")])
 
 
 def folder_size(path: Path) -> int:
@@ -506,7 +873,7 @@ def write(out: Path, scores: list[Score], split: dict[int, str], readme: str) ->
         (out / "musicnet" / folder).mkdir(parents=True)
     for s in scores:
         folder = "test_labels" if split[s.id] == "test" else "train_labels"
-        (out / "musicnet" / folder / f"{s.id}.csv").write_bytes(s.text.encode())
+        (out / "musicnet" / folder / f"{s.id}.csv.gz").write_bytes(gzipped(s.text))
     (out / "musicnet_metadata.csv").write_bytes(metadata_csv(scores).encode())
     (out / "musicflax_sample_set.json").write_bytes(marker_json(split).encode())
     (out / "README.md").write_bytes(readme.encode())
@@ -519,29 +886,26 @@ def main(argv=None) -> int:
     started = time.time()
 
     skipped: list[tuple[str, str]] = []
-    chorale_paths, quartet_paths = corpus_sources(skipped)
-    print(f"parsing {len(chorale_paths)} chorales and {len(quartet_paths)} quartet movements",
-          flush=True)
-    chorales = [s for p in chorale_paths if (s := parse(p, skipped))]
-    quartets = [s for p in quartet_paths if (s := parse(p, skipped))]
-
-    # Keep as many chorales as fit the size budget (binary search; README and JSON are a few
-    # kB, allowed for by a 20 kB margin).
-    def fits(keep: int) -> bool:
-        scores = assign(subset(chorales, keep), quartets)
-        return sum(len(s.text) for s in scores) + len(metadata_csv(scores)) + 20_000 \
-            <= SIZE_BUDGET
-
-    low, high = 0, len(chorales)
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid - 1)
-    scores = assign(subset(chorales, low), quartets)
+    chorales, usable_chorales = chorale_pieces(skipped)
+    pieces = list(PIECES) + quartet_pieces() + madrigal_pieces(skipped) + chorales
+    print(f"parsing {len(pieces)} scores", flush=True)
+    scores = [s for p in sorted(pieces, key=lambda p: p.path) if (s := parse(p, skipped))]
+    madrigals = sorted((s for s in scores if s.piece.kind == "madrigal"),
+                       key=lambda s: (-raw_density(s), s.path))
+    scores = assign([s for s in scores if s not in madrigals[MADRIGALS_KEPT:]])
     split = make_splits(scores)
-    lines = summary(scores, split, skipped, len(chorales))
-    readme = README.format(first_id=FIRST_ID, qpm=DEFAULT_QPM,
-                           summary="\n".join(f"    {row}" for line in lines
-                                             for row in line.split("\n")))
+    lines = summary(scores, split, sorted(skipped), usable_chorales, len(madrigals))
+    readme = README.format(
+        first_id=FIRST_ID, qpm=CHORALE_QPM, half=HALF_BEAT, dotted=DOTTED_BEAT,
+        words=words_table(), chorales=CHORALES_KEPT, madrigals=MADRIGALS_KEPT,
+        nchor=len(CHORALE_ENSEMBLES), chorale_ensembles=", ".join(CHORALE_ENSEMBLES),
+        madrigal_ensembles=", ".join(MADRIGAL_ENSEMBLES), min_stratum=MIN_STRATUM,
+        budget_mb=SIZE_BUDGET / 1e6, summary="\n".join(
+            f"    {row}" for line in lines for row in line.split("\n")))
+    size = sum(len(gzipped(s.text)) for s in scores) + len(metadata_csv(scores)) + \
+        len(readme) + len(marker_json(split))
+    if size > SIZE_BUDGET:
+        raise SystemExit(f"the set would take {size} bytes, over SIZE_BUDGET {SIZE_BUDGET}")
     args.out.mkdir(parents=True, exist_ok=True)
     write(args.out, scores, split, readme)
     for line in lines:
