@@ -1,8 +1,11 @@
-"""The launch scripts (launch/*.sh): what --dry-run prints, argument errors, --help.
+"""The launch scripts (launch/*.sh): what --dry-run prints, argument errors, --help, and
+what runs on each host (launch/worker.sh, and gpu_vms.sh through a local stand-in for ssh).
 
 Nothing here reaches the network: the scripts run with --dry-run (or --help, or fail on
 their arguments), and `gcloud`, `ssh` and `rsync` on PATH are replaced by stubs that
-record any call, so a script that ran one instead of printing it fails the test.
+record any call, so a script that ran one instead of printing it fails the test. The
+stubbed-gcloud scenarios of `tpu_vm.sh watch` are in launch_watch_test.py, the real
+two-host runs over sshd in launch_ssh_test.py.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-SCRIPTS = ["local.sh", "tpu_vm.sh", "gpu_vms.sh"]
+SCRIPTS = ["local.sh", "tpu_vm.sh", "gpu_vms.sh", "worker.sh"]
 TPU = ["--name", "mf", "--zone", "us-central2-b"]
 GS = "gs://bucket/runs/default"
 
@@ -79,7 +82,7 @@ def test_help(script, stub_bin):
     result = run(script, "--help", stub_bin=stub_bin)
     assert result.returncode == 0 and result.stderr == ""
     assert f"Usage: launch/{script}" in result.stdout
-    assert "--dry-run" in result.stdout
+    assert "--dry-run" in result.stdout or script == "worker.sh"  # it runs on the hosts
     assert run(script, "-h", stub_bin=stub_bin).stdout == result.stdout
 
 
@@ -97,6 +100,7 @@ def test_script_header_and_strict_mode(script):
     ("local.sh", ["--bogus"]),
     ("tpu_vm.sh", ["create", *TPU, "--type", "v4-8", "--bogus"]),
     ("gpu_vms.sh", ["--hosts", "a", "--workdir", GS, "--bogus"]),
+    ("worker.sh", ["check", "--dir", "/tmp/x", "--bogus"]),
 ])
 def test_unknown_option(script, args, stub_bin):
     fails(script, *args, stub_bin=stub_bin, match="'--bogus'")
@@ -221,81 +225,135 @@ def test_tpu_unknown_family_needs_runtime(stub_bin):
     assert "--version=rt" in cmds[0]
 
 
-def test_tpu_setup_copies_and_installs_on_all_workers(stub_bin):
-    tar, scp, ssh = dry("tpu_vm.sh", "setup", *TPU, stub_bin=stub_bin)
-    assert tar[:2] == ["tar", "-czf"] and option(tar, "-C") == str(REPO) and tar[-1] == "."
-    assert "--exclude=.venv" in tar and "--exclude=.git" in tar
-    assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tar[2], "mf:musicflax-src.tar.gz",
-                   "--zone=us-central2-b", "--worker=all"]
-    assert ssh[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mf", "--zone=us-central2-b"]
-    assert "--worker=all" in ssh
-    remote = option(ssh, "--command")
-    assert "tar -xzf ~/musicflax-src.tar.gz -C ~/musicflax" in remote
-    assert "python3.11 -m venv .venv" in remote
-    assert ".venv/bin/pip install -q -e . 'jax[tpu]==0.10.2'" in shlex.join(shlex.split(remote))
+def worker_call(remote: str) -> list[str]:
+    """The worker.sh call in a launcher's remote command, as the remote shell splits it
+    (from `bash .../worker.sh` to the next `;`)."""
+    lex = shlex.shlex(remote, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    words = list(lex)
+    start = words.index("bash")
+    return words[start:words.index(";", start) if ";" in words[start:] else len(words)]
 
 
-def tpu_train_inner(cmd: list[str]) -> str:
-    """The command tmux runs on each worker, out of `gcloud ... ssh --command '...'`."""
-    remote = shlex.split(option(cmd, "--command"))
-    assert remote[:3] == ["cd", "~/musicflax", "&&"]
-    assert remote[3:8] == ["tmux", "new-session", "-d", "-s", "musicflax"]
-    assert len(remote) == 9
-    return remote[8]
+TPU_SSH = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mf", "--zone=us-central2-b"]
+WORKER_SH = ["bash", "~/musicflax/worker.sh"]
+ON_TPU = ["--dir", "~/musicflax", "--name", "train_worker_{i}"]
+
+
+def test_tpu_create_queued(stub_bin):
+    cmds = dry("tpu_vm.sh", "create", *TPU, "--type", "v6e-8", "--spot", "--queued",
+               stub_bin=stub_bin)
+    assert cmds == [["gcloud", "compute", "tpus", "queued-resources", "create", "mf-qr",
+                     "--zone=us-central2-b", "--node-id=mf", "--accelerator-type=v6e-8",
+                     "--runtime-version=v2-alpha-tpuv6e", "--spot"]]
+
+
+def test_tpu_setup_pins_copies_and_installs_on_all_workers(stub_bin):
+    fetch, scp, ssh = dry("tpu_vm.sh", "setup", *TPU, "--workdir", GS, stub_bin=stub_bin)
+    # The run's pinned code (made from this tree on the run's first setup) is what ships.
+    tarball = fetch[4]
+    assert fetch == ["gcloud", "storage", "cp", f"{GS}/code/musicflax-src.tar.gz", tarball]
+    stage = str(Path(tarball).parent)
+    assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball,
+                   f"{stage}/musicflax-worker.sh", "mf:", "--zone=us-central2-b", "--worker=all"]
+    assert ssh[:7] == TPU_SSH and "--worker=all" in ssh
+    assert worker_call(option(ssh, "--command")) == [
+        "bash", "musicflax-worker.sh", "setup", "--dir", "~/musicflax", "--tarball",
+        "musicflax-src.tar.gz", "--jax-spec", "jax[tpu]==0.10.2"]
+    # --repin packs this tree and replaces the pin.
+    up, _, _ = dry("tpu_vm.sh", "setup", *TPU, "--workdir", GS, "--repin", stub_bin=stub_bin)
+    assert up[:3] == ["gcloud", "storage", "cp"] and up[4] == f"{GS}/code/musicflax-src.tar.gz"
+
+
+def test_tpu_setup_needs_workdir(stub_bin):
+    fails("tpu_vm.sh", "setup", *TPU, stub_bin=stub_bin, match="missing --workdir")
 
 
 def test_tpu_train(stub_bin):
     cmds = dry("tpu_vm.sh", "train", *TPU, "--config", "configs/waveform.py", "--workdir", GS,
-               "--", "--config.num_train_steps=100", "--config.note=a b", stub_bin=stub_bin)
+               "--env", "LIBTPU_INIT_ARGS=--xla_x", "--", "--config.num_train_steps=100",
+               "--config.note=a b", stub_bin=stub_bin)
     assert len(cmds) == 1
     cmd = cmds[0]
-    assert cmd[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mf", "--zone=us-central2-b"]
-    assert "--worker=all" in cmd
-    inner = tpu_train_inner(cmd)
-    words = shlex.split(inner)
-    i = words.index("exec")
-    assert words[i + 1:i + 9] == [
-        ".venv/bin/python", "-m", "musicflax.train", "--config=configs/waveform.py",
-        f"--workdir={GS}", "--config.distributed.enabled=True", "--config.num_train_steps=100",
-        "--config.note=a b"]
-    assert words[i + 9:] == [">>", "~/musicflax/train_worker_$W.log", "2>&1"]
-    assert "agent-worker-number" in inner and "|| hostname" in inner
-    assert "python -m musicflax.train" in option(cmd, "--command")
+    assert cmd[:7] == TPU_SSH and "--worker=all" in cmd
+    assert worker_call(option(cmd, "--command")) == [
+        *WORKER_SH, "start", *ON_TPU, "--config", "configs/waveform.py", "--workdir", GS,
+        "--env", "LIBTPU_INIT_ARGS=--xla_x", "--", "--config.distributed.enabled=True",
+        "--config.num_train_steps=100", "--config.note=a b"]
+    # Before setup there is no worker.sh: the command says so instead of failing obscurely.
+    assert "setup=missing" in option(cmd, "--command")
 
 
-def test_tpu_train_needs_gs_workdir(stub_bin):
+def test_tpu_train_python_and_remote_dir(stub_bin):
+    (cmd,) = dry("tpu_vm.sh", "train", *TPU, "--workdir", GS, "--python", "/opt/py/bin/python3.12",
+                 "--remote-dir", "/data/run a", stub_bin=stub_bin)
+    call = worker_call(option(cmd, "--command"))
+    assert call[:8] == ["bash", "/data/run a/worker.sh", "start", "--dir", "/data/run a",
+                        "--name", "train_worker_{i}", "--python"]
+    assert call[8] == "/opt/py/bin/python3.12"
+
+
+def test_tpu_workdir(stub_bin):
     fails("tpu_vm.sh", "train", *TPU, stub_bin=stub_bin, match="missing --workdir")
-    fails("tpu_vm.sh", "train", *TPU, "--workdir", "/tmp/run", stub_bin=stub_bin,
-          match="gs://")
+    fails("tpu_vm.sh", "train", *TPU, "--workdir", "runs/a", stub_bin=stub_bin,
+          match="absolute path")
     fails("tpu_vm.sh", "train", *TPU, "--workdir", GS, "--config", "configs/nope.py",
           stub_bin=stub_bin, match="configs/nope.py")
+    # A filesystem every worker mounts (e.g. Filestore) is a workdir too.
+    (cmd,) = dry("tpu_vm.sh", "train", *TPU, "--workdir", "/mnt/filestore/run/", stub_bin=stub_bin)
+    assert "/mnt/filestore/run" in worker_call(option(cmd, "--command"))
 
 
-def test_tpu_logs_stop_delete(stub_bin):
+def test_tpu_logs_stop_delete_status(stub_bin):
     (logs,) = dry("tpu_vm.sh", "logs", *TPU, stub_bin=stub_bin)
-    assert logs == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mf", "--zone=us-central2-b",
-                    "--worker=0", "--command", "tail -n 200 -F ~/musicflax/train_worker_0.log"]
+    assert logs == [*TPU_SSH, "--worker=0", "--command",
+                    "tail -n 200 -F ~/musicflax/train_worker_0.log"]
     (logs3,) = dry("tpu_vm.sh", "logs", *TPU, "--worker", "3", stub_bin=stub_bin)
     assert "--worker=3" in logs3 and option(logs3, "--command").endswith("train_worker_3.log")
     (stop,) = dry("tpu_vm.sh", "stop", *TPU, stub_bin=stub_bin)
-    assert "--worker=all" in stop and "kill -TERM" in option(stop, "--command")
+    assert "--worker=all" in stop
+    assert worker_call(option(stop, "--command")) == [*WORKER_SH, "stop", *ON_TPU]
     (delete,) = dry("tpu_vm.sh", "delete", *TPU, stub_bin=stub_bin)
     assert delete == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "mf",
                       "--zone=us-central2-b"]
+    (delete_qr,) = dry("tpu_vm.sh", "delete", *TPU, "--queued", stub_bin=stub_bin)
+    assert delete_qr == ["gcloud", "compute", "tpus", "queued-resources", "delete", "mf-qr",
+                         "--zone=us-central2-b", "--force"]
+    qr, node, hb, check = dry("tpu_vm.sh", "status", *TPU, "--queued", "--workdir", GS,
+                              stub_bin=stub_bin)
+    assert qr[4:] == ["describe", "mf-qr", "--zone=us-central2-b", "--format=value(state.state)"]
+    assert node[4:] == ["describe", "mf", "--zone=us-central2-b", "--format=value(state,health)"]
+    assert hb == ["gcloud", "storage", "cat", f"{GS}/heartbeat.json"]
+    assert worker_call(option(check, "--command")) == [*WORKER_SH, "check", *ON_TPU]
 
 
 def test_tpu_watch(stub_bin):
     cmds = dry("tpu_vm.sh", "watch", *TPU, "--type", "v5p-8", "--spot", "--workdir", GS,
                "--", "--config.num_train_steps=100", stub_bin=stub_bin)
-    describe, delete, create, _tar, scp, setup, train = cmds
+    heartbeat, describe, check, stop, start, delete, create, pin, scp, setup, train = cmds
+    assert heartbeat == ["gcloud", "storage", "cat", f"{GS}/heartbeat.json"]
     assert describe == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "mf",
-                        "--zone=us-central2-b", "--format=value(state)"]
+                        "--zone=us-central2-b", "--format=value(state,health)"]
+    assert worker_call(option(check, "--command")) == [*WORKER_SH, "check", *ON_TPU]
+    assert worker_call(option(stop, "--command")) == [*WORKER_SH, "stop", *ON_TPU,
+                                                      "--kill-after", "60"]
     assert delete[4:] == ["delete", "mf", "--zone=us-central2-b", "--quiet"]
     assert create[4:] == ["create", "mf", "--zone=us-central2-b", "--accelerator-type=v5p-8",
                           "--version=v2-alpha-tpuv5", "--spot"]
+    assert pin[:4] == ["gcloud", "storage", "cp", f"{GS}/code/musicflax-src.tar.gz"]
     assert scp[4] == "scp" and setup[4] == "ssh" and "--worker=all" in setup
-    inner = tpu_train_inner(train)
-    assert f"--workdir={GS}" in inner and "--config.num_train_steps=100" in inner
+    for cmd in (start, train):
+        call = worker_call(option(cmd, "--command"))
+        assert call[2] == "start" and f"{GS}" in call and "--config.num_train_steps=100" in call
+
+
+def test_tpu_watch_queued_dry_run(stub_bin):
+    cmds = dry("tpu_vm.sh", "watch", *TPU, "--type", "v4-8", "--queued", "--workdir", GS,
+               stub_bin=stub_bin)
+    assert cmds[1][3:5] == ["queued-resources", "describe"]
+    assert ["gcloud", "compute", "tpus", "queued-resources", "delete", "mf-qr",
+            "--zone=us-central2-b", "--force", "--quiet"] in cmds
+    assert any(c[3:5] == ["queued-resources", "create"] for c in cmds)
 
 
 def test_tpu_watch_needs_type_and_workdir(stub_bin):
@@ -313,6 +371,10 @@ def test_tpu_watch_needs_type_and_workdir(stub_bin):
     (["create", "setup", *TPU], "one command at a time"),
     (["logs", *TPU, "--worker", "x"], "--worker"),
     (["create", *TPU, "--type"], "--type needs a value"),
+    (["watch", *TPU, "--interval", "0"], "--interval"),
+    (["watch", *TPU, "--retries", "0"], "--retries"),
+    (["watch", *TPU, "--stale-after", "-1"], "--stale-after"),
+    (["train", *TPU, "--env", "nonsense"], "--env wants NAME=VALUE"),
 ])
 def test_tpu_errors(args, match, stub_bin):
     fails("tpu_vm.sh", *args, stub_bin=stub_bin, match=match)
@@ -320,97 +382,274 @@ def test_tpu_errors(args, match, stub_bin):
 
 # ------------------------------------------------------------------------------ gpu_vms.sh
 
-def test_gpu_one_command_per_host(stub_bin):
+def test_gpu_checks_every_host_then_starts_each(stub_bin):
     hosts = ["me@10.0.0.2", "gpu-b", "gpu-c"]
     cmds = dry("gpu_vms.sh", "--hosts", ",".join(hosts), "--ssh-user", "ops", "--workdir", GS,
                "--config", "configs/waveform.py", "--port", "4321", "--",
                "--config.batch_size=64", stub_bin=stub_bin)
-    assert len(cmds) == 3
+    assert len(cmds) == 6
     dests = ["me@10.0.0.2", "ops@gpu-b", "ops@gpu-c"]
-    for i, cmd in enumerate(cmds):
-        assert cmd[:3] == ["ssh", "-n", dests[i]] and len(cmd) == 4
-        remote = cmd[3]
-        assert "MUSICFLAX_COORDINATOR=10.0.0.2:4321 " in remote
-        assert "MUSICFLAX_NUM_PROCESSES=3 " in remote
-        assert f"MUSICFLAX_PROCESS_ID={i} nohup .venv/bin/python -m musicflax.train " in remote
-        assert ("--config=configs/waveform.py --workdir=gs://bucket/runs/default "
-                "--config.distributed.enabled=True --config.batch_size=64 "
-                f"> ~/musicflax/train_host_{i}.log 2>&1 < /dev/null &") in remote
-        assert "CUDA_VISIBLE_DEVICES" not in remote
-        assert [w for w in remote.split() if w.startswith("MUSICFLAX_PROCESS_ID=")] == [
-            f"MUSICFLAX_PROCESS_ID={i}"]
+    for i, (check, start) in enumerate(zip(cmds[:3], cmds[3:])):
+        on_host = ["--dir", "~/musicflax", "--id", str(i), "--name", f"train_host_{i}"]
+        assert check[:3] == ["ssh", "-n", dests[i]] and len(check) == 4
+        assert worker_call(check[3]) == [*WORKER_SH, "preflight", *on_host, "--config",
+                                         "configs/waveform.py", "--workdir", GS]
+        assert start[:3] == ["ssh", "-n", dests[i]] and len(start) == 4
+        assert worker_call(start[3]) == [
+            *WORKER_SH, "start", *on_host, "--config", "configs/waveform.py", "--workdir", GS,
+            "--detach", "nohup", "--env", "MUSICFLAX_COORDINATOR=10.0.0.2:4321",
+            "--env", "MUSICFLAX_NUM_PROCESSES=3", "--env", f"MUSICFLAX_PROCESS_ID={i}", "--",
+            "--config.distributed.enabled=True", "--config.batch_size=64"]
 
 
 def test_gpu_options(stub_bin):
     cmds = dry("gpu_vms.sh", "--hosts=a,b", f"--workdir={GS}", "--gpus-per-host=4",
-               "--coordinator-host=10.1.2.3", stub_bin=stub_bin)
-    for cmd in cmds:
-        assert "CUDA_VISIBLE_DEVICES=0,1,2,3 " in cmd[3]
-        assert "MUSICFLAX_COORDINATOR=10.1.2.3:1234 " in cmd[3]
+               "--coordinator-host=10.1.2.3", "--remote-dir=/scratch/mf/host{i}",
+               "--python=/opt/py/bin/python3.12", "--env", "NCCL_DEBUG=INFO",
+               stub_bin=stub_bin, env={"MUSICFLAX_SSH_OPTS": "-p 2222 -i /k/id"})
+    for check in cmds[:2]:  # the preflight sees the trainer's --env (e.g. credentials)
+        call = worker_call(check[-1])
+        assert call[2] == "preflight" and call[-2:] == ["--env", "NCCL_DEBUG=INFO"]
+    for i, cmd in enumerate(cmds[2:]):
+        assert cmd[:6] == ["ssh", "-p", "2222", "-i", "/k/id", "-n"]
+        call = worker_call(cmd[-1])
+        assert call[1] == f"/scratch/mf/host{i}/worker.sh"
+        assert option(call, "--dir") == f"/scratch/mf/host{i}"
+        assert option(call, "--python") == "/opt/py/bin/python3.12"
+        envs = [call[j + 1] for j, w in enumerate(call) if w == "--env"]
+        assert envs == ["MUSICFLAX_COORDINATOR=10.1.2.3:1234", "MUSICFLAX_NUM_PROCESSES=2",
+                        "CUDA_VISIBLE_DEVICES=0,1,2,3", "NCCL_DEBUG=INFO",
+                        f"MUSICFLAX_PROCESS_ID={i}"]
+    # --ssh-opts beats the environment.
+    cmds = dry("gpu_vms.sh", "--hosts=a", "--stop", "--ssh-opts", "-p 22", stub_bin=stub_bin,
+               env={"MUSICFLAX_SSH_OPTS": "-p 2222"})
+    assert cmds[0][:4] == ["ssh", "-p", "22", "-n"]
 
 
-def test_gpu_remote_command_starts_and_stops(stub_bin, tmp_path):
-    """The per-host command, run here by sh with a fake home and python: env, log, pid, stop."""
-    home = tmp_path / "home"
-    (home / "musicflax" / ".venv" / "bin").mkdir(parents=True)
-    fake = home / "musicflax" / ".venv" / "bin" / "python"
-    fake.write_text("#!/bin/sh\necho \"$MUSICFLAX_COORDINATOR $MUSICFLAX_NUM_PROCESSES "
-                    "$MUSICFLAX_PROCESS_ID $*\"\ntrap 'echo saved; exit 0' TERM\n"
-                    "while :; do sleep 0.05; done\n")
-    fake.chmod(0o755)
-    (start,) = [c for c in dry("gpu_vms.sh", "--hosts", "h0,h1", "--workdir", GS,
-                                stub_bin=stub_bin) if c[2] == "h1"]
-    (stop,) = [c for c in dry("gpu_vms.sh", "--hosts", "h0,h1", "--stop", stub_bin=stub_bin)
-               if c[2] == "h1"]
-    env = {**os.environ, "HOME": str(home)}
-    log = home / "musicflax" / "train_host_1.log"
-    pidfile = home / "musicflax" / "train_host_1.pid"
-    subprocess.run(["sh", "-c", start[3]], env=env, check=True, timeout=10)
-    try:
-        deadline = time.time() + 10
-        while not (log.exists() and log.read_text()):
-            assert time.time() < deadline
-            time.sleep(0.05)
-        assert log.read_text().startswith(
-            "h0:1234 2 1 -m musicflax.train --config=configs/default.py "
-            "--workdir=gs://bucket/runs/default --config.distributed.enabled=True")
-        # A second start on the same host is refused while the first one runs.
-        again = subprocess.run(["sh", "-c", start[3]], env=env, capture_output=True, text=True)
-        assert again.returncode == 1 and "already running" in again.stderr
-        subprocess.run(["sh", "-c", stop[3]], env=env, check=True, timeout=10)
-        while "saved" not in log.read_text():
-            assert time.time() < deadline
-            time.sleep(0.05)
-    finally:  # never leave the fake training behind
+def test_gpu_shared_filesystem_workdir(stub_bin):
+    cmds = dry("gpu_vms.sh", "--hosts", "a,b", "--workdir", "/mnt/nfs/run", stub_bin=stub_bin)
+    assert all(option(worker_call(c[3]), "--workdir") == "/mnt/nfs/run" for c in cmds)
+
+
+def test_gpu_setup(stub_bin):
+    cmds = dry("gpu_vms.sh", "--hosts", "a,b", "--ssh-user", "me", "--setup", stub_bin=stub_bin)
+    assert [c[0] for c in cmds] == ["ssh"] * 6
+    for dest, (tarball, script, setup) in zip(["me@a", "me@b"], [cmds[:3], cmds[3:]]):
+        assert tarball[:3] == ["ssh", dest, "mkdir -p ~/musicflax && cat > "
+                               "~/musicflax/musicflax-src.tar.gz"]
+        assert tarball[3] == "<" and tarball[4].endswith("/musicflax-src.tar.gz")
+        assert script == ["ssh", dest, "cat > ~/musicflax/worker.sh", "<",
+                          str(LAUNCH / "worker.sh")]
+        assert setup[:3] == ["ssh", "-n", dest]
+        i = "0" if dest == "me@a" else "1"
+        assert worker_call(setup[3]) == [
+            *WORKER_SH, "setup", "--dir", "~/musicflax", "--id", i, "--name", f"train_host_{i}",
+            "--tarball", "~/musicflax/musicflax-src.tar.gz", "--jax-spec", "jax[cuda12]==0.10.2"]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--workdir", GS], "missing --hosts"),
+    (["--hosts", "a,b"], "missing --workdir"),
+    (["--hosts", "a,b", "--workdir", "shared/run"], "absolute path"),
+    (["--hosts", "a,,b", "--workdir", GS], "empty"),
+    (["--hosts", "a,b,", "--workdir", GS], "empty"),
+    (["--hosts", "a", "--workdir", GS, "--port", "http"], "--port"),
+    (["--hosts", "a", "--workdir", GS, "--gpus-per-host", "0"], "--gpus-per-host"),
+    (["--hosts", "a", "--setup", "--stop"], "don't go together"),
+    (["--hosts", "a", "--workdir", GS, "--config", "configs/nope.py"], "configs/nope.py"),
+    (["--hosts", "a", "--workdir", GS, "--env", "X"], "--env wants NAME=VALUE"),
+])
+def test_gpu_errors(args, match, stub_bin):
+    fails("gpu_vms.sh", *args, stub_bin=stub_bin, match=match)
+
+
+# ------------------------------------------------------------------------------ worker.sh
+# The per-host side, run here: a local "ssh" runs each host's command with HOME=hosts/<dest>,
+# and a fake python stands in for training (it echoes, and saves on SIGTERM).
+
+LOCAL_SSH = r'''#!/usr/bin/env bash
+while [[ $1 == -* ]]; do case $1 in -p|-i|-o|-l) shift ;; esac; shift; done
+dest=$1 command=$2
+mkdir -p "$ROOT/hosts/$dest"
+if [[ -f $ROOT/down.$dest ]]; then echo "ssh: connect to host $dest port 22: Connection refused" >&2; exit 255; fi
+if [[ -f $ROOT/nostart.$dest && $command == *"worker.sh start "* ]]; then echo "$dest: out of memory" >&2; exit 1; fi
+HOME=$ROOT/hosts/$dest exec bash -c "$command"
+'''
+
+FAKE_PYTHON = r'''#!/bin/sh
+if [ "$1" = -c ] || [ "$1" = -V ]; then exec PYTHON "$@"; fi
+echo "train $* coordinator=$MUSICFLAX_COORDINATOR n=$MUSICFLAX_NUM_PROCESSES id=$MUSICFLAX_PROCESS_ID x=$X"
+trap 'echo saved; exit 0' TERM
+while :; do sleep 0.05; done
+'''
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """(root, env): a local ssh on PATH, a fake python at root/python."""
+    root = tmp_path / "net"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "ssh").write_text(LOCAL_SSH)
+    (root / "python").write_text(FAKE_PYTHON.replace("PYTHON", sys.executable))
+    for path in (root / "bin" / "ssh", root / "python"):
+        path.chmod(0o755)
+    env = {**os.environ, "ROOT": str(root), "PATH": f"{root / 'bin'}:{os.environ['PATH']}"}
+    env.pop("XLA_FLAGS", None)
+    yield root, env
+    for pidfile in root.glob("hosts/*/musicflax/*.pid"):  # never leave a fake trainer behind
         try:
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
 
 
-def test_gpu_setup(stub_bin):
-    cmds = dry("gpu_vms.sh", "--hosts", "a,b", "--ssh-user", "me", "--setup", stub_bin=stub_bin)
-    assert [c[0] for c in cmds] == ["rsync", "ssh", "rsync", "ssh"]
-    for dest, (rsync, ssh) in zip(["me@a", "me@b"], [cmds[:2], cmds[2:]]):
-        assert rsync[-2:] == [f"{REPO}/", f"{dest}:musicflax/"]
-        assert "--exclude=.venv" in rsync and "--delete" in rsync
-        assert ssh[:2] == ["ssh", dest]
-        assert ".venv/bin/pip install -q -e . 'jax[cuda12]==0.10.2'" in shlex.join(
-            shlex.split(ssh[2]))
+def gpu(env, *args, **kw):
+    result = subprocess.run(["bash", str(LAUNCH / "gpu_vms.sh"), *args], env=env,
+                            capture_output=True, text=True, timeout=60, **kw)
+    return result
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--workdir", GS], "missing --hosts"),
-    (["--hosts", "a,b"], "missing --workdir"),
-    (["--hosts", "a,b", "--workdir", "/mnt/shared/run"], "gs://"),
-    (["--hosts", "a,,b", "--workdir", GS], "empty"),
-    (["--hosts", "a", "--workdir", GS, "--port", "http"], "--port"),
-    (["--hosts", "a", "--workdir", GS, "--gpus-per-host", "0"], "--gpus-per-host"),
-    (["--hosts", "a", "--setup", "--stop"], "don't go together"),
-    (["--hosts", "a", "--workdir", GS, "--config", "configs/nope.py"], "configs/nope.py"),
-])
-def test_gpu_errors(args, match, stub_bin):
-    fails("gpu_vms.sh", *args, stub_bin=stub_bin, match=match)
+def wait_for(predicate, what, timeout=15.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def test_gpu_vms_runs_over_ssh_with_local_hosts(hosts, tmp_path):
+    root, env = hosts
+    workdir = tmp_path / "wd"
+    base = ["--hosts", "h0,h1", "--python", str(root / "python")]
+    run_args = [*base, "--workdir", str(workdir), "--env", "X=1", "--", "--config.x=1"]
+    home = lambda h: root / "hosts" / h / "musicflax"  # noqa: E731
+    running = lambda h: (home(h) / f"train_host_{h[1]}.pid").exists()  # noqa: E731
+
+    # Nothing is set up yet: every host is checked, nothing starts, one line says why.
+    result = gpu(env, *run_args)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("launch/gpu_vms.sh: error: nothing started: host 0 (h0): ")
+    assert "host 1 (h1): musicflax-worker 1 on" in line and "setup=missing" in line
+
+    result = gpu(env, *base, "--setup")
+    assert result.returncode == 0, result.stderr
+    for h in ("h0", "h1"):
+        assert (home(h) / "src" / "configs" / "default.py").is_file()
+        assert (home(h) / "src" / "PINNED").read_text().startswith("packed ")
+        assert not (home(h) / "src" / ".venv").exists()
+    assert "host 1 (h1): setup ok" in result.stderr
+
+    # One host unreachable: the other is not started either.
+    (root / "down.h1").touch()
+    result = gpu(env, *run_args)
+    assert result.returncode == 2 and "nothing started: host 1 (h1): ssh: connect" in result.stderr
+    assert not running("h0") and not running("h1")
+    (root / "down.h1").unlink()
+
+    result = gpu(env, *run_args)
+    assert result.returncode == 0, result.stderr
+    for i, h in enumerate(("h0", "h1")):
+        log = home(h) / f"train_host_{i}.log"
+        wait_for(lambda: log.exists() and "train " in log.read_text(), f"{h} never started")
+        text = log.read_text()
+        assert (f"train -m musicflax.train --config=configs/default.py --workdir={workdir} "
+                f"--config.distributed.enabled=True --config.x=1 coordinator=h0:1234 n=2 "
+                f"id={i} x=1") in text
+    # A second start is refused before anything starts.
+    result = gpu(env, *run_args)
+    assert result.returncode == 2 and "already running" in result.stderr
+    status = gpu(env, *base, "--status", "--workdir", str(workdir))
+    assert status.returncode == 0
+    assert status.stdout.count("setup=ok trainer=running") == 2
+    assert "heartbeat: none" in status.stdout
+
+    assert gpu(env, *base, "--stop").returncode == 0
+    for i, h in enumerate(("h0", "h1")):
+        wait_for(lambda: (workdir / "logs" / f"train_host_{i}.log").exists() and "saved" in (
+            workdir / "logs" / f"train_host_{i}.log").read_text(), f"{h}'s log not in the workdir")
+    status = gpu(env, *base, "--status")
+    assert status.stdout.count("setup=ok trainer=stopped") == 2
+
+    # A host that fails to start: the ones started before it are stopped again.
+    (root / "nostart.h1").touch()
+    result = gpu(env, *run_args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "launch/gpu_vms.sh: error: host 1 (h1) did not start; stopped hosts 0..0 again")
+    wait_for(lambda: home("h0").joinpath("train_host_0.log").read_text().count("saved") == 2,
+             "host 0 was not stopped")
+
+
+def test_worker_setup_replaces_the_code_and_refuses_while_training(tmp_path):
+    code = tmp_path / "code"
+    (code / "configs").mkdir(parents=True)
+    (code / "configs" / "default.py").write_text("")
+    (code / "old.py").write_text("")
+    tarball = tmp_path / "a.tar.gz"
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(code), "."], check=True)
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.replace("PYTHON", sys.executable))
+    python.chmod(0o755)
+    d = tmp_path / "host"
+    w = ["bash", str(LAUNCH / "worker.sh")]
+    opts = ["--dir", str(d), "--id", "3", "--python", str(python)]
+    env = {**os.environ, "PATH": os.environ["PATH"]}
+    sh = lambda *a, **kw: subprocess.run([*w, *a, *opts], capture_output=True, text=True,  # noqa: E731
+                                         env=env, timeout=30, **kw)
+    assert sh("setup", "--tarball", str(tarball)).returncode == 0
+    assert (d / "src" / "old.py").exists() and (d / "worker.sh").exists()
+    (d / "src" / "junk").write_text("")
+    (code / "old.py").unlink()
+    (code / "new.py").write_text("")
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(code), "."], check=True)
+    assert sh("setup", "--tarball", str(tarball)).returncode == 0
+    assert sorted(p.name for p in (d / "src").iterdir()) == ["configs", "new.py"]
+    assert sh("check").stdout == f"musicflax-worker 3 on {os.uname().nodename}: setup=ok trainer=stopped\n"
+    try:
+        assert sh("start", "--detach", "nohup").returncode == 0
+        pid = int((d / "train_3.pid").read_text())
+        assert sh("check").stdout.endswith(f"trainer=running pid={pid}\n")
+        again = sh("setup", "--tarball", str(tarball))
+        assert again.returncode == 2 and f"a trainer runs in {d} (pid {pid})" in again.stderr
+        assert sh("preflight", "--workdir", str(tmp_path / "wd")).returncode == 1
+        assert sh("stop", "--kill-after", "10").returncode == 0
+        assert "trainer=stopped" in sh("check").stdout
+        assert sh("preflight", "--workdir", str(tmp_path / "wd")).returncode == 0
+    finally:
+        try:
+            os.kill(int((d / "train_3.pid").read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    # A pid file naming some other live process (pid reuse after a reboot) is not a trainer.
+    (d / "train_3.pid").write_text(str(os.getpid()))
+    assert "trainer=stopped" in sh("check").stdout
+
+
+def test_worker_preflight_wants_credentials_for_gs(tmp_path):
+    code = tmp_path / "code"
+    (code / "configs").mkdir(parents=True)
+    (code / "configs" / "default.py").write_text("")
+    tarball = tmp_path / "a.tar.gz"
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(code), "."], check=True)
+    d = tmp_path / "host"
+    w = ["bash", str(LAUNCH / "worker.sh")]
+    opts = ["--dir", str(d), "--id", "0", "--python", sys.executable]
+    home = tmp_path / "home"
+    env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    subprocess.run([*w, "setup", "--tarball", str(tarball), *opts], check=True, env=env,
+                   capture_output=True)
+    # No key file, no gcloud ADC, no metadata server (the probe is pointed nowhere).
+    env["GCE_METADATA_HOST"] = "127.0.0.1:9"
+    result = subprocess.run([*w, "preflight", "--workdir", "gs://b/r", *opts], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "gcloud auth application-default login" in result.stderr
+    adc = home / ".config" / "gcloud" / "application_default_credentials.json"
+    adc.parent.mkdir(parents=True)
+    adc.write_text("{}")
+    result = subprocess.run([*w, "preflight", "--workdir", "gs://b/r", *opts], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
 
 
 def test_readme_mentions_every_script():
