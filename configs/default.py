@@ -70,8 +70,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.output_bias = -4.6
 
     # Piano-roll outputs -> notes: onsets are peak-picked from the onset channels (a peak
-    # within ±radius frames whose probability mass there exceeds the threshold).
-    config.decode = ml_collections.ConfigDict(dict(onset_radius=1, onset_threshold=0.5))
+    # within ±radius frames whose probability mass there exceeds the threshold); a note
+    # starts only at an onset and lasts while the roll is on (p > 0.5), bridging dips of at
+    # most max_gap_frames.
+    config.decode = ml_collections.ConfigDict(dict(onset_radius=1, onset_threshold=0.5,
+                                                   max_gap_frames=2))
+
+    # Evaluators run at every validation (musicflax.eval.evaluators; configs/eval.py runs more
+    # of them offline). Their keys are TensorBoard's validation/<evaluator>/<key>.
+    config.evals = ml_collections.ConfigDict(dict(
+        loss=dict(enabled=True),
+        codebook=dict(enabled=True),
+        reconstruction=dict(enabled=True, multipitch=False, write_notes=False, figures=0),
+    ))
 
     config.optim = ml_collections.ConfigDict(dict(
         learning_rate=3e-3, warmup_steps=100, end_lr_factor=0.05, grad_clip=1.0,

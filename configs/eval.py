@@ -21,20 +21,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.batch_size = 64
-    config.max_train_windows = 4000  # train windows whose latents fit the probes
     config.data = ml_collections.ConfigDict(dict(
         source="", tfds_data_dir="", split_scheme="", split_lists="", validation_fraction=0.0,
         test_fraction=0.0, instrument_groups="", audio_source="", on_bad_row=""))
     config.evals = ml_collections.ConfigDict(dict(
+        loss=dict(enabled=True),
         codebook=dict(enabled=True),
-        reconstruction=dict(enabled=True, figures=4),
-        probes=dict(enabled=True, l2=1e-3),
+        # Offline: mir_eval's multi-pitch frame metrics too, every recording's reconstructed
+        # notes as a MusicNet CSV + MIDI (notes/level<L>/<id>.csv), and figures.
+        reconstruction=dict(enabled=True, multipitch=True, write_notes=True, figures=4),
+        probes=dict(enabled=True, l2=1e-3, max_train_windows=4000, pitch_train_frames=20000),
         latent_space=dict(enabled=True, max_points=2000, interpolation_steps=8),
         prior=dict(enabled=True, workdir=""),
-        generated=dict(enabled=True, workdir="", num_samples=16, seed=0),
+        # seconds 0: samples as long as a window of the VQ-VAE.
+        generated=dict(enabled=True, workdir="", num_samples=16, seed=0, seconds=0.0),
     ))
     if arg == "runlocal":
-        config.max_train_windows = 256
+        config.evals.probes.update(max_train_windows=256, pitch_train_frames=2000)
         config.evals.reconstruction.figures = 2
         config.evals.generated.num_samples = 4
     return config

@@ -18,9 +18,12 @@ from musicflax.models import prior
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default.get_config(arg)
     config.task = "prior"
+    # A fresh prior run pins its VQ-VAE: the workdir made absolute, step -1 replaced by the
+    # latest step, and the VQ-VAE's config hash; resuming, sampling and eval use those.
     config.prior = ml_collections.ConfigDict(dict(
         vqvae_workdir="workdirs/default",
-        vqvae_step=-1,      # -1 = the latest checkpoint
+        vqvae_step=-1,      # -1 = the latest checkpoint (when the prior starts)
+        vqvae_config_hash="",
         level=0,            # which VQ-VAE level the prior models
         train_hop=8,        # spacing of training crops (codes)
     ))
@@ -33,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_train_steps = 600
     config.eval_every = config.checkpoint_every = 200
     config.image_every = 0
+    config.evals = ml_collections.ConfigDict(dict(prior=dict(enabled=True)))
     if arg == "runlocal":
         config.model.update(num_layers=1, num_heads=2, head_dim=16, mlp_dim=64)
     return config

@@ -22,16 +22,22 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.mark_flags_as_required(["workdir"])
 
 
+def entropy_bits(symbols: np.ndarray) -> float:
+    p = np.bincount(symbols) / len(symbols)
+    return float(-np.sum(p[p > 0] * np.log2(p[p > 0])))
+
+
 def main(argv):
     del argv
-    from musicflax.train import codes  # pylint: disable=g-import-not-at-top
-    codeset = codes.encode_split(_WORKDIR.value, _SPLIT.value, _LEVEL.value, _STEP.value)
+    from musicflax.train import codes, run  # pylint: disable=g-import-not-at-top
+    codeset = codes.encode_split(run.open_run(_WORKDIR.value, _STEP.value), _SPLIT.value,
+                                 _LEVEL.value)
     lengths = np.diff(codeset.offsets)
     used = len(np.unique(codeset.codes))
     print(f"{_SPLIT.value}: {len(codeset.ids)} recordings, {len(codeset.codes)} codes "
           f"({codeset.codes_per_second:.2f}/s, {lengths.min()}..{lengths.max()} per recording), "
-          f"{used}/{codeset.codebook_size} codes used; "
-          f"{codes.baseline_bits(codeset)['unigram_bits']:.3f} bits/code unigram entropy")
+          f"{used}/{codeset.codebook_size} codes used; {entropy_bits(codeset.codes):.3f} "
+          "bits/code unigram entropy")
 
 
 if __name__ == "__main__":

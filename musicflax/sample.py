@@ -72,10 +72,11 @@ def _prime_codes(task, spec: str, num: int) -> np.ndarray | None:
 def main(argv):
     del argv
     from musicflax.audio import midi, plots, synth  # pylint: disable=g-import-not-at-top
-    from musicflax.train import trainer  # pylint: disable=g-import-not-at-top
+    from musicflax.train import run  # pylint: disable=g-import-not-at-top
 
     workdir = epath.Path(_WORKDIR.value)
-    config, task, state = trainer.load_state(workdir, _STEP.value)
+    opened = run.open_run(workdir, _STEP.value)
+    config, task, state = opened.config, opened.task, opened.state
     if config.task != "prior":
         raise app.UserError(f"{workdir} holds a {config.task!r} run, not a prior")
     vocab = task.vocab

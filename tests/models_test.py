@@ -73,7 +73,9 @@ def test_outputs_and_code_lengths_per_level(levels, shape):
         assert out.shape == shape and out.dtype == jnp.float32
         assert codes.shape == (shape[0], shape[1] // hop) and codes.dtype == jnp.int32
         assert variables["codebook"][f"quantizers_{level}"]["embedding"].shape == (16, 4)
-    assert aux["commit_loss"].shape == ()
+    assert aux["commit_loss"].shape == shape[:1]  # per window
+    for latents, hop in zip(aux["latents"], model.hops):
+        assert latents.shape == (shape[0], shape[1] // hop, 4)
 
 
 def test_window_length_must_be_a_multiple_of_the_top_hop():
@@ -213,7 +215,7 @@ def test_ema_update_moves_codes_to_the_mean_of_their_vectors():
     out, variables = train_call(q, variables, z, jax.random.key(0))
     np.testing.assert_array_equal(out.codes[0], np.arange(64) % 2)
     start = np.where(np.arange(64)[:, None] % 2 == 0, 1.0, -1.0)
-    np.testing.assert_allclose(out.commit_loss, 0.02 * np.mean((flat - start) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(out.commit_loss, [0.02 * np.mean((flat - start) ** 2)], rtol=1e-5)
     # One EMA step by hand (Laplace smoothing is negligible at these counts).
     expected = (0.8 * np.array([[1.0, 1.0], [-1.0, -1.0]]) + 0.2 * 32 * means) / (0.8 + 0.2 * 32)
     np.testing.assert_allclose(variables["codebook"]["embedding"], expected, rtol=1e-4)
@@ -253,7 +255,7 @@ def test_first_training_call_initialises_the_codebook_from_the_batch(init_method
         random_init = q.clone(init_method="random_batch")
         baseline, _ = train_call(random_init, random_init.init(jax.random.key(0), z, train=False),
                                  z, jax.random.key(1))
-        assert out.commit_loss < baseline.commit_loss
+        assert out.commit_loss.sum() < baseline.commit_loss.sum()
     # The call's own codes already use the new codebook.
     np.testing.assert_array_equal(out.codes, quantizers.nearest_codes(
         flat, codebook["embedding"]).reshape(LATENTS[:-1]))
@@ -317,7 +319,7 @@ def test_fsq_codes_and_vectors_round_trip():
     out = fsq.apply({}, z, train=True)
     assert out.codes.shape == LATENTS[:-1] and 0 <= out.codes.min() and out.codes.max() < 1000
     np.testing.assert_array_equal(fsq.apply({}, out.codes, method="lookup"), out.quantized)
-    assert out.commit_loss == 0
+    assert (out.commit_loss == 0).all() and out.commit_loss.shape == LATENTS[:1]
 
 
 def test_fsq_rounds_with_straight_through_gradients():
@@ -328,38 +330,38 @@ def test_fsq_rounds_with_straight_through_gradients():
 
 # ---------------------------------------------------------------------------- statistics
 
-def test_codebook_stats_of_uniform_and_single_code_batches():
-    codebook_stats = jax.jit(quantizers.codebook_stats, static_argnums=1)
-    uniform = codebook_stats(np.tile(np.arange(64), 3), 64)
+def test_usage_stats_of_uniform_and_single_code_batches():
+    usage_stats = jax.jit(quantizers.usage_stats, static_argnums=1)
+    uniform = usage_stats(np.tile(np.arange(64), 3), 64)
     np.testing.assert_allclose(uniform["perplexity"], 64, rtol=1e-5)
-    np.testing.assert_allclose(uniform["normalized_entropy"], 1, rtol=1e-5)
     assert uniform["usage"] == 1 and uniform["dead_codes"] == 0
-
-    single = codebook_stats(np.full((4, 8), 5), 64)
+    single = usage_stats(np.full((4, 8), 5), 64)
     np.testing.assert_allclose(single["perplexity"], 1, rtol=1e-6)
-    assert single["usage"] == 1 / 64 and single["normalized_entropy"] == 0
-    assert single["dead_codes"] == 63
-
-    ema = codebook_stats(np.arange(4), 4, ema_counts=np.array([0.5, 2, 0.9, 1]), threshold=1.0)
+    assert single["usage"] == 1 / 64 and single["dead_codes"] == 63
+    ema = usage_stats(np.arange(4), 4, ema_counts=np.array([0.5, 2, 0.9, 1]), threshold=1.0)
     assert ema["dead_codes"] == 2
 
 
 # ---------------------------------------------------------------------------- losses
 
 def test_pianoroll_loss_by_hand():
-    # Channel 0 holds notes, channel 1 onsets.
-    logits = jnp.array([[[0.0, 2.0], [-1.0, 0.5]]])
-    targets = jnp.array([[[1, 0], [0, 1]]], jnp.uint8)
+    # Channel 0 holds notes, channel 1 onsets; window 1 is window 0 with the targets flipped.
+    logits = jnp.array([[[0.0, 2.0], [-1.0, 0.5]]] * 2)
+    targets = jnp.array([[[1, 0], [0, 1]], [[0, 1], [1, 0]]], jnp.uint8)
     onset_channels = jnp.array([False, True])
     note_bce = (math.log(2) + math.log(1 + math.e ** -1)) / 2
     onset_bce = (math.log(1 + math.e ** 2) + math.log(1 + math.e ** -0.5)) / 2
     loss, parts = losses.pianoroll_loss(logits, targets, onset_channels, onset_weight=3.0)
-    np.testing.assert_allclose(parts["bce"], note_bce, rtol=1e-6)
-    np.testing.assert_allclose(parts["onset_bce"], onset_bce, rtol=1e-6)
-    np.testing.assert_allclose(loss, note_bce + 3 * onset_bce, rtol=1e-6)
+    assert loss.shape == (2,)
+    np.testing.assert_allclose(parts["bce"][0], note_bce, rtol=1e-6)
+    np.testing.assert_allclose(parts["onset_bce"][0], onset_bce, rtol=1e-6)
+    np.testing.assert_allclose(loss[0], note_bce + 3 * onset_bce, rtol=1e-6)
+    flipped_note = (math.log(2) + math.log(1 + math.e)) / 2
+    flipped_onset = (math.log(1 + math.e ** -2) + math.log(1 + math.e ** 0.5)) / 2
+    np.testing.assert_allclose(loss[1], flipped_note + 3 * flipped_onset, rtol=1e-6)
     no_onsets, parts = losses.pianoroll_loss(logits, targets, jnp.zeros(2, bool), 3.0)
-    assert parts["onset_bce"] == 0
-    np.testing.assert_allclose(no_onsets, (note_bce + onset_bce) / 2, rtol=1e-6)
+    assert (parts["onset_bce"] == 0).all()
+    np.testing.assert_allclose(no_onsets[0], (note_bce + onset_bce) / 2, rtol=1e-6)
 
 
 def test_pianoroll_loss_prefers_calibrated_onsets():
@@ -368,25 +370,28 @@ def test_pianoroll_loss_prefers_calibrated_onsets():
     onset_channels = jnp.array([False, True])
     exact = jnp.where(targets > 0, 5.0, -5.0)
     everywhere = jnp.full_like(targets, 5.0).at[..., 0].set(-5.0)
-    loss = lambda logits: losses.pianoroll_loss(logits, targets, onset_channels, 1.0)[0]
+    loss = lambda logits: losses.pianoroll_loss(logits, targets, onset_channels, 1.0)[0][0]
     assert loss(exact) < loss(everywhere) / 10
 
 
-def test_waveform_loss_l2_and_spectral_terms():
+def test_waveform_loss_l2_and_spectral_terms_per_window():
     waveform_loss = jax.jit(losses.waveform_loss, static_argnames="stft_resolutions")
     t = np.arange(2048) / 16000
     target = np.stack([np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 300 * t)])
     target = jnp.asarray(target[..., None], jnp.float32)
     same, parts = waveform_loss(target, target)
-    assert same == 0 and parts["spectral_convergence"] == 0 and parts["log_magnitude"] == 0
+    assert (same == 0).all() and (parts["spectral_convergence"] == 0).all()
 
-    pred = target + 0.1
+    pred = target + jnp.array([0.1, 0.2])[:, None, None]
     l2_only, parts = waveform_loss(pred, target, spectral_weight=0.0)
-    np.testing.assert_allclose(l2_only, 0.01, rtol=1e-4)
+    np.testing.assert_allclose(l2_only, [0.01, 0.04], rtol=1e-4)
     loss, parts = waveform_loss(pred, target, spectral_weight=2.0)
-    assert parts["spectral_convergence"] > 0 and parts["log_magnitude"] > 0
+    assert (parts["spectral_convergence"] > 0).all() and (parts["log_magnitude"] > 0).all()
     np.testing.assert_allclose(
-        loss, 0.01 + 2 * (parts["spectral_convergence"] + parts["log_magnitude"]), rtol=1e-4)
+        loss, l2_only + 2 * (parts["spectral_convergence"] + parts["log_magnitude"]), rtol=1e-4)
+    # Window 0 alone gives window 0's values: nothing is shared across the batch.
+    alone, _ = waveform_loss(pred[:1], target[:1], spectral_weight=2.0)
+    np.testing.assert_allclose(alone[0], loss[0], rtol=1e-6)
 
 
 def test_stft_magnitude_peaks_at_the_sine_bin():
@@ -399,16 +404,20 @@ def test_stft_magnitude_peaks_at_the_sine_bin():
 def test_vqvae_loss_sums_levels_and_commitment():
     batch = synthetic_rolls((2, 16, 8), notes=3)
     outputs = [normal((2, 16, 8), seed) for seed in range(2)]
-    stats = quantizers.codebook_stats(np.arange(4), 4)
-    aux = {"commit_loss": jnp.float32(0.5), "commit_losses": [0.2, 0.3],
+    stats = quantizers.usage_stats(np.arange(4), 4)
+    aux = {"commit_losses": [jnp.array([0.2, 0.4]), jnp.array([0.3, 0.1])],
            "codebook_stats": [stats, stats]}
     config = tiny_config()
-    loss, metrics = losses.vqvae_loss(outputs, batch, aux, config)
+    per_window, parts = losses.window_losses(outputs, batch, aux, config)
     recons = [losses.pianoroll_loss(o, batch["inputs"], batch["onset_channels"], 1.0)[0]
               for o in outputs]
-    np.testing.assert_allclose(loss, sum(recons) + 0.5, rtol=1e-6)
-    np.testing.assert_allclose(metrics["level1/recon"], recons[1], rtol=1e-6)
-    assert metrics["level1/commit"] == 0.3 and metrics["level0/perplexity"] == 4
+    np.testing.assert_allclose(per_window, recons[0] + recons[1] + np.array([0.5, 0.5]),
+                               rtol=1e-6)
+    loss, metrics = losses.vqvae_loss(outputs, batch, aux, config)
+    np.testing.assert_allclose(loss, np.mean(per_window), rtol=1e-6)
+    np.testing.assert_allclose(metrics["level1/recon"], np.mean(recons[1]), rtol=1e-6)
+    np.testing.assert_allclose(metrics["level1/commit"], 0.2, rtol=1e-6)
+    assert metrics["level0/perplexity"] == 4
     assert {"loss", "recon_loss", "commit_loss", "level0/onset_bce"} <= set(metrics)
 
 
@@ -417,11 +426,11 @@ def test_vqvae_loss_on_waveforms_uses_the_configured_stft():
     config.output = "waveform"
     config.loss.update(stft_resolutions=((64, 16, 64),), spectral_weight=0.5)
     target, output = normal((2, 256, 1), seed=0), normal((2, 256, 1), seed=1)
-    aux = {"commit_loss": 0.1, "commit_losses": [0.1],
-           "codebook_stats": [quantizers.codebook_stats(np.arange(4), 4)]}
+    aux = {"commit_losses": [jnp.array([0.1, 0.1])],
+           "codebook_stats": [quantizers.usage_stats(np.arange(4), 4)]}
     loss, metrics = losses.vqvae_loss([output], {"inputs": target}, aux, config)
     expected, _ = losses.waveform_loss(output, target, ((64, 16, 64),), 0.5)
-    np.testing.assert_allclose(loss, expected + 0.1, rtol=1e-6)
+    np.testing.assert_allclose(loss, np.mean(expected) + 0.1, rtol=1e-6)
     assert metrics["level0/spectral_convergence"] > 0
 
 

@@ -34,34 +34,56 @@ def instrument_name(code: int) -> str:
 
 
 def roll_to_notes(roll: np.ndarray, frame_rate: float, group_programs: Sequence[int],
-                  onsets: np.ndarray | None = None, min_frames: int = 1) -> dict[str, np.ndarray]:
+                  onsets: np.ndarray | None = None, max_gap: int = 0,
+                  min_frames: int = 1) -> dict[str, np.ndarray]:
     """Reads notes off a roll [T, G * 128]; values >= 0.5 count as on.
 
-    A note starts where a channel turns on, or where an onset is marked while it stays on, and
-    ends where it turns off (or at the next onset). Notes shorter than `min_frames` are dropped.
-    Returns start/end (seconds, float64), pitch and instrument (the group's program), sorted by
-    start, then group and pitch.
+    With `onsets` (same shape, >= 0.5 marks one; what a model predicts) a note starts at every
+    marked onset and only there, so a dip inside a sustained note never starts another one.
+    It lasts through the frames that are on, bridging runs of at most `max_gap` off frames
+    between on frames, and ends after its last on frame (it has at least its onset frame), or
+    at the channel's next onset. Without `onsets`, onsets are the frames where a channel turns
+    on (and nothing is bridged): each run of on frames is one note. Notes shorter than
+    `min_frames` are dropped. Returns start/end (seconds, float64), pitch and instrument (the
+    group's program), sorted by start, then group and pitch.
     """
     active = np.asarray(roll) >= 0.5
     num_frames, num_channels = active.shape
     if num_channels != NUM_PITCHES * len(group_programs):
         raise ValueError(f"roll has {num_channels} channels; {len(group_programs)} groups need "
                          f"{NUM_PITCHES * len(group_programs)}")
-    # Row t of `before`/`now` is frame t-1/t, over frames 0..T, so notes still on at the end
-    # turn off at T.
-    padded = np.zeros((num_frames + 2, num_channels), bool)
-    padded[1:-1] = active
-    before, now = padded[:-1], padded[1:]
-    starts = now & ~before
-    if onsets is not None:
+    if onsets is None:
+        starts = active & ~np.pad(active[:-1], ((1, 0), (0, 0)))
+        max_gap = 0
+    else:
         if onsets.shape != active.shape:
             raise ValueError(f"onsets {onsets.shape} and roll {active.shape} differ in shape")
-        starts[:-1] |= active & (np.asarray(onsets) >= 0.5)
-    # Channel-major order puts each note's start right before the event that ends it: the
-    # channel's next start or its next turn-off.
-    channel, frame = np.nonzero((starts | (before & ~now)).T)
-    first = np.flatnonzero(starts.T[channel, frame])
-    start, end, channel = frame[first], frame[first + 1], channel[first]
+        starts = np.asarray(onsets) >= 0.5
+    out_start, out_end, out_channel = [], [], []
+    for channel in np.flatnonzero(starts.any(axis=0)):
+        onset = np.flatnonzero(starts[:, channel])
+        on = np.flatnonzero(active[:, channel])
+        off = np.flatnonzero(~active[:, channel])
+        if max_gap and len(on):
+            # An off frame between two on frames at most max_gap + 1 apart is bridged.
+            k = np.searchsorted(on, off)
+            inside = (k > 0) & (k < len(on))
+            gap = np.full(len(off), num_frames)
+            gap[inside] = on[k[inside]] - on[k[inside] - 1] - 1
+            off = off[gap > max_gap]
+        next_onset = np.append(onset[1:], num_frames)
+        first_off = np.append(off, num_frames)[np.searchsorted(off, onset, side="right")]
+        stop = np.minimum(next_onset, first_off)
+        # Back to the last on frame before the stop, but never before the onset itself.
+        last_on = np.searchsorted(on, stop, side="left") - 1
+        last = on[np.maximum(last_on, 0)] if len(on) else np.full(len(onset), -1)
+        last = np.where(last_on >= 0, last, -1)
+        end = np.where(last >= onset, last + 1, onset + 1)
+        out_start.append(onset)
+        out_end.append(end)
+        out_channel.append(np.full(len(onset), channel))
+    start, end, channel = (np.concatenate(x) if x else np.zeros(0, np.int64)
+                           for x in (out_start, out_end, out_channel))
     keep = end - start >= min_frames
     start, end, channel = start[keep], end[keep], channel[keep]
     order = np.lexsort((channel, start))

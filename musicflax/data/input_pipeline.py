@@ -114,7 +114,7 @@ def load_split(cfg: ml_collections.ConfigDict, split: str,
     group_of = groups.group_of()
     vocab = {k: list(builder.info.metadata[k]) for k in ("composers", "ensembles")}
     ids, composer, ensemble, num_frames, audio, offsets = [], [], [], [], [], []
-    notes = {k: [] for k in ("rec", "start", "end", "group", "pitch")}
+    notes = {k: [] for k in ("rec", "start", "end", "group", "pitch", "onset", "offset")}
     offset = 0
     # In id order: TFDS stores examples in an order of its own (a hash of their keys).
     examples = sorted(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)),
@@ -136,6 +136,8 @@ def load_split(cfg: ml_collections.ConfigDict, split: str,
         notes["group"].append(np.vectorize(group_of.get, otypes=[np.int32])(
             n["instrument"][kept]) if kept.any() else np.zeros(0, np.int32))
         notes["pitch"].append(n["note"][kept].astype(np.int32))
+        notes["onset"].append(n["start_time"][kept] / musicnet.LABEL_RATE)
+        notes["offset"].append(n["end_time"][kept] / musicnet.LABEL_RATE)
         ids.append(ex["id"])
         composer.append(vocab["composers"].index(ex["composer"].decode()))
         ensemble.append(vocab["ensembles"].index(ex["ensemble"].decode()))
@@ -155,6 +157,7 @@ def load_split(cfg: ml_collections.ConfigDict, split: str,
         ensemble=np.asarray(ensemble, np.int32), num_frames=np.asarray(num_frames, np.int64),
         note_rec=cat["rec"][order], note_start=cat["start"][order], note_end=cat["end"][order],
         note_group=cat["group"][order], note_pitch=cat["pitch"][order],
+        note_onset=cat["onset"][order], note_offset=cat["offset"][order],
         frame_rate=float(cfg.frame_rate), vocab=vocab,
         audio=np.concatenate(audio) if audio else None,
         audio_offset=np.asarray(offsets, np.int64) if audio else None,

@@ -360,6 +360,19 @@ def read_labels(path: os.PathLike | str, on_bad_row: str = "error",
                  np.asarray(columns_out[4], np.float32), np.asarray(columns_out[5], np.float32))
 
 
+def write_labels(path: os.PathLike | str, start: np.ndarray, end: np.ndarray,
+                 instrument: np.ndarray, note: np.ndarray) -> None:
+    """Writes notes (times in seconds) as a MusicNet label CSV, sorted as `read_labels` sorts.
+
+    Times become sample indices at 44.1 kHz; the beat columns are left empty (no score)."""
+    rows = sorted(zip(np.round(np.asarray(start) * LABEL_RATE).astype(np.int64).tolist(),
+                      np.round(np.asarray(end) * LABEL_RATE).astype(np.int64).tolist(),
+                      np.asarray(instrument).tolist(), np.asarray(note).tolist()),
+                  key=lambda r: (r[0], r[3], r[2]))
+    lines = [",".join(LABEL_COLUMNS)] + [f"{s},{e},{i},{n},,," for s, e, i, n in rows]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
 def wav_info(path: os.PathLike | str) -> WavInfo:
     """Rate, channels and length of a WAV from its header alone (cheap for 34 h of audio)."""
     path = Path(path)

@@ -110,6 +110,8 @@ class SplitData:
     note_end: np.ndarray     # [N] int64 frame (exclusive, >= start + 1)
     note_group: np.ndarray   # [N] int32
     note_pitch: np.ndarray   # [N] int32
+    note_onset: np.ndarray   # [N] float64 seconds, as labelled (not rounded to frames)
+    note_offset: np.ndarray  # [N] float64 seconds
     frame_rate: float
     vocab: Mapping[str, Sequence[str]]
     audio: np.ndarray | None = None          # [sum of lengths] int16

@@ -8,13 +8,16 @@ python float; `reduce=False` returns the per-item values as a float64 array [N].
 STFTs follow torch.stft's defaults, which the published numbers were computed with: frames are
 centred (the signal is reflect-padded by n_fft // 2 on both sides), the window is a periodic Hann
 window of `win_length` samples zero-padded to n_fft in the middle of the frame, and there is no
-normalisation.
+normalisation. It is the training loss's STFT (`musicflax.models.losses.stft_magnitude`) with
+reflect padding, computed in float32.
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
-from scipy import signal
+
+from musicflax.models import losses
 
 JUKEBOX_STFT = (2048, 256, 1536)  # (n_fft, hop, win_length) of Jukebox's spectral convergence
 JUKEBOX_EPSILON = 2e-3            # Jukebox's clamp on the reference spectrogram's norm
@@ -37,13 +40,11 @@ def _reduce(values: np.ndarray, reduce: bool) -> float | np.ndarray:
 
 
 def stft_magnitude(waves: np.ndarray, n_fft: int, hop: int, win_length: int) -> np.ndarray:
-    """|STFT| of waves [N, T] as [N, frames, n_fft // 2 + 1], laid out as torch.stft's."""
-    padded = np.pad(waves, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]
-    left = (n_fft - win_length) // 2
-    window = np.zeros(n_fft)
-    window[left:left + win_length] = signal.get_window("hann", win_length, fftbins=True)
-    return np.abs(np.fft.rfft(frames * window, axis=-1))
+    """|STFT| of waves [N, T] as [N, frames, n_fft // 2 + 1], laid out as torch.stft's
+    (reflect padding): the training loss's STFT (`losses.stft_magnitude`), float32."""
+    magnitude = losses.stft_magnitude(jnp.asarray(waves, jnp.float32), n_fft, hop, win_length,
+                                      pad_mode="reflect", floor=0.0)
+    return np.asarray(magnitude, np.float64)
 
 
 def _frobenius(x: np.ndarray) -> np.ndarray:
@@ -58,6 +59,18 @@ def _convergence_ratio(ref_mag: np.ndarray, est_mag: np.ndarray,
     return np.where(ref_norm > epsilon, ratio, 0.0)
 
 
+def spectral_convergence_ratio(ref, est) -> np.ndarray:
+    """Jukebox's spectral convergence of each item, as a linear ratio [N] (see below)."""
+    ref, est = _pair(ref, est)
+    return _convergence_ratio(stft_magnitude(ref, *JUKEBOX_STFT),
+                              stft_magnitude(est, *JUKEBOX_STFT), JUKEBOX_EPSILON)
+
+
+def ratio_db(ratio) -> float | np.ndarray:
+    """20·log10 of a spectral convergence ratio, floored at 1e-10 (-200 dB)."""
+    return 20.0 * np.log10(np.maximum(ratio, SC_FLOOR))
+
+
 def spectral_convergence(ref, est, reduce: bool = True) -> float | np.ndarray:
     """Jukebox's spectral convergence in dB (lower is better).
 
@@ -67,14 +80,11 @@ def spectral_convergence(ref, est, reduce: bool = True) -> float | np.ndarray:
     20·log10(max(SC, 1e-10)): 0 dB means an error as large as the signal, 20·log10(0.5) ≈ −6.02
     dB a spectrogram off by half, and −200 dB a perfect reconstruction. With `reduce`, the
     linear ratio is averaged over the batch before the conversion (Jukebox averages the ratio),
-    so one near-perfect item cannot drag the mean towards −200 dB.
+    so one near-perfect item cannot drag the mean towards −200 dB; a split is reduced the same
+    way (mean of `spectral_convergence_ratio` over all its windows, then `ratio_db`).
     """
-    ref, est = _pair(ref, est)
-    ratio = _convergence_ratio(stft_magnitude(ref, *JUKEBOX_STFT),
-                               stft_magnitude(est, *JUKEBOX_STFT), JUKEBOX_EPSILON)
-    reduced = _reduce(ratio, reduce)
-    db = 20.0 * np.log10(np.maximum(reduced, SC_FLOOR))
-    return float(db) if reduce else db
+    ratio = spectral_convergence_ratio(ref, est)
+    return float(ratio_db(np.mean(ratio))) if reduce else ratio_db(ratio)
 
 
 def multi_resolution_stft_distance(
@@ -160,3 +170,32 @@ def si_sdr(ref, est, reduce: bool = True) -> float | np.ndarray:
     target_energy = np.sum(target ** 2, axis=1)
     noise_energy = np.maximum(np.sum((est - target) ** 2, axis=1), SI_SDR_FLOOR * target_energy)
     return _reduce(10.0 * np.log10((target_energy + tiny) / (noise_energy + tiny)), reduce)
+
+
+# (lowest MIDI pitch, n_fft) of the bands of `log_frequency_features`: long windows where
+# semitones are a few Hz apart, short ones where they are far apart.
+LOG_FREQUENCY_BANDS = ((21, 16384), (48, 4096), (72, 1024))
+
+
+def log_frequency_features(waves, sample_rate: int, hop: int, frames: int) -> np.ndarray:
+    """log(1 + magnitude) on a semitone grid (MIDI 21..108), [N, frames, 88], per `hop`.
+
+    A poor man's constant-Q transform: each band of pitches reads an STFT whose bins are at
+    least as narrow as its semitones (16384 samples below MIDI 48 at 16 kHz: 1 Hz bins where
+    A0 and A#0 are 1.6 Hz apart), through triangular filters centred on the semitones.
+    """
+    waves = np.asarray(waves, np.float32)
+    pitches = np.arange(21, 109)
+    features = []
+    bounds = [b[0] for b in LOG_FREQUENCY_BANDS[1:]] + [109]
+    for (low, n_fft), high in zip(LOG_FREQUENCY_BANDS, bounds):
+        magnitude = np.asarray(losses.stft_magnitude(jnp.asarray(waves), n_fft, hop, n_fft,
+                                                     floor=0.0))[:, :frames]
+        bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+        band = pitches[(pitches >= low) & (pitches < high)]
+        centre = 440.0 * 2.0 ** ((band - 69) / 12)
+        below, above = centre * 2 ** (-1 / 12), centre * 2 ** (1 / 12)
+        weights = np.maximum(0.0, np.minimum((bins - below[:, None]) / (centre - below)[:, None],
+                                             (above[:, None] - bins) / (above - centre)[:, None]))
+        features.append(np.log1p(magnitude @ weights.T))
+    return np.concatenate(features, axis=-1).astype(np.float32)

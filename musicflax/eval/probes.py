@@ -1,5 +1,6 @@
 """Linear probes on frozen features (numpy + scipy): multinomial and multi-label logistic
-regression, accuracy, a majority baseline and micro-averaged average precision.
+regression, accuracy, balanced accuracy, the majority class and micro-averaged average
+precision.
 
 Both probes standardise features with the training mean and standard deviation and minimise
 the mean training loss plus (l2 / 2)·‖W‖² (the biases are not penalised) with full-batch
@@ -109,13 +110,15 @@ def accuracy(predictions, labels) -> float:
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 
-def majority_baseline(train_labels, eval_labels) -> float:
-    """Accuracy on eval_labels of always predicting the most frequent train label.
+def balanced_accuracy(predictions, labels) -> float:
+    """Mean over the classes present in `labels` of the fraction of each predicted right."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return float(np.mean([np.mean(predictions[labels == c] == c) for c in np.unique(labels)]))
 
-    Ties go to the smallest label.
-    """
-    majority = np.argmax(np.bincount(np.asarray(train_labels)))
-    return accuracy(np.full(len(eval_labels), majority), eval_labels)
+
+def majority_class(train_labels) -> int:
+    """The most frequent train label (ties go to the smallest)."""
+    return int(np.argmax(np.bincount(np.asarray(train_labels))))
 
 
 def average_precision(targets, scores) -> float:

@@ -1,4 +1,5 @@
-"""Music statistics of binary piano-rolls, a 2-D PCA of features, and their figures.
+"""Music statistics of binary piano-rolls (as sums over batches), a 2-D PCA of features, and
+their figures.
 
 Rolls are [T, G * 128] or [N, T, G * 128] with channel = group * 128 + pitch. Pitch statistics
 (pitch classes, polyphony, range) look at sounding pitches, so a pitch played by two instrument
@@ -40,62 +41,69 @@ def _sounding(rolls) -> np.ndarray:
     return rolls.reshape(*rolls.shape[:2], -1, NUM_PITCHES).any(axis=2)
 
 
-def pitch_class_histogram(rolls) -> np.ndarray:
-    """[12] (C first) share of sounding (frame, pitch) cells in each pitch class; sums to 1."""
-    per_pitch = _sounding(rolls).sum(axis=(0, 1))
-    per_class = np.bincount(np.arange(NUM_PITCHES) % 12, weights=per_pitch, minlength=12)
-    with np.errstate(invalid="ignore"):
-        return per_class / per_class.sum()
+def music_sums(rolls, onsets=None) -> dict[str, np.ndarray]:
+    """Sufficient statistics of rolls that add up over batches (see `from_sums`).
+
+    onsets (same shape as rolls, >= 0.5 marks an onset) count as given; if None they are the
+    frames where a channel switches on, a note sounding from a window's first frame included.
+    """
+    windows = _windows(rolls)
+    sounding = _sounding(windows)
+    per_frame = sounding.sum(axis=-1)
+    if onsets is None:
+        onsets = windows & ~np.pad(windows[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    else:
+        onsets = _windows(onsets)
+    pitches = np.arange(NUM_PITCHES)
+    playing = sounding.any(axis=1)                                      # [N, 128]
+    has_notes = playing.any(axis=-1)
+    highest = np.max(np.where(playing, pitches, -1), axis=-1)
+    lowest = np.min(np.where(playing, pitches, NUM_PITCHES), axis=-1)
+    per_pitch = sounding.sum(axis=(0, 1))
+    return {"sounding_cells": np.float64(per_frame.sum()),
+            "active_frames": np.float64((per_frame > 0).sum()),
+            "pitch_class_cells": np.bincount(pitches % 12, weights=per_pitch, minlength=12),
+            "range_sum": np.float64(np.sum((highest - lowest)[has_notes])),
+            "windows_with_notes": np.float64(has_notes.sum()),
+            "onsets": np.float64(onsets.sum()),
+            "frames": np.float64(windows.shape[0] * windows.shape[1]),
+            "windows": np.float64(windows.shape[0])}
 
 
-def pitch_class_distance(h1, h2) -> float:
+def add_sums(a: dict | None, b: dict) -> dict:
+    return dict(b) if a is None else {k: a[k] + b[k] for k in a}
+
+
+def from_sums(sums: dict, frame_rate: float) -> dict:
+    """Music statistics from summed `music_sums`; NaN where no note sounds.
+
+    pitch_class_histogram [12] (C first): share of sounding (frame, pitch) cells per class;
+    polyphony: mean sounding pitches per frame, over frames with at least one; pitch_range:
+    highest minus lowest sounding pitch per window, averaged over windows with notes;
+    note_density: onsets per second.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"pitch_class_histogram": sums["pitch_class_cells"] / sums["pitch_class_cells"].sum(),
+                "polyphony": float(sums["sounding_cells"] / sums["active_frames"])
+                if sums["active_frames"] else float("nan"),
+                "pitch_range": float(sums["range_sum"] / sums["windows_with_notes"])
+                if sums["windows_with_notes"] else float("nan"),
+                "note_density": float(sums["onsets"] / (sums["frames"] / frame_rate))}
+
+
+def music_statistics(rolls, frame_rate: float, onsets=None) -> dict:
+    """`from_sums` of one set of rolls."""
+    return from_sums(music_sums(rolls, onsets), frame_rate)
+
+
+def pitch_class_js_divergence(h1, h2) -> float:
     """Jensen–Shannon divergence in bits between two pitch-class histograms: 0 for equal ones,
-    1 for disjoint ones; symmetric, and finite where a class is absent from one histogram."""
+    1 for disjoint ones; symmetric, and finite where a class is absent from one histogram.
+    (Its square root is the Jensen–Shannon distance, a metric.)"""
     p, q = np.asarray(h1, np.float64), np.asarray(h2, np.float64)
     m = 0.5 * (p + q)
     # rel_entr takes 0 · log(0 / m) as 0, so absent classes need no special case.
     return float(np.sum(special.rel_entr(p, m) + special.rel_entr(q, m)) / (2 * np.log(2)))
-
-
-def polyphony(rolls) -> float:
-    """Mean number of sounding pitches per frame, over frames with at least one."""
-    per_frame = _sounding(rolls).sum(axis=-1)
-    return float(per_frame[per_frame > 0].mean()) if per_frame.any() else float("nan")
-
-
-def pitch_range(rolls) -> float:
-    """Highest minus lowest sounding pitch of each window, averaged over windows with notes."""
-    sounding = _sounding(rolls).any(axis=1)
-    playing = sounding.any(axis=-1)
-    if not playing.any():
-        return float("nan")
-    pitches = np.arange(NUM_PITCHES)
-    highest = np.max(np.where(sounding, pitches, -1), axis=-1)
-    lowest = np.min(np.where(sounding, pitches, NUM_PITCHES), axis=-1)
-    return float(np.mean((highest - lowest)[playing]))
-
-
-def note_density(rolls, onsets, frame_rate: float) -> float:
-    """Onsets per second over all windows.
-
-    onsets (same shape as rolls, ≥ 0.5 marks an onset) count as given; if None they are the
-    frames where a channel switches on, a note sounding from a window's first frame included.
-    """
-    rolls = _windows(rolls)
-    if onsets is None:
-        onsets = rolls & ~np.pad(rolls[:, :-1], ((0, 0), (1, 0), (0, 0)))
-    else:
-        onsets = _windows(onsets)
-    seconds = rolls.shape[0] * rolls.shape[1] / frame_rate
-    return float(onsets.sum() / seconds)
-
-
-def music_statistics(rolls, frame_rate: float, onsets=None) -> dict:
-    """All of the above for one set of rolls; the histogram as a [12] array, the rest floats."""
-    return {"pitch_class_histogram": pitch_class_histogram(rolls),
-            "polyphony": polyphony(rolls),
-            "pitch_range": pitch_range(rolls),
-            "note_density": note_density(rolls, onsets, frame_rate)}
 
 
 def pca_2d(features) -> np.ndarray:

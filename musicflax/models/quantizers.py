@@ -1,5 +1,5 @@
 """Bottleneck quantizers: EMA vector quantization (with data init and dead-code restarts) and
-finite scalar quantization (FSQ), plus codebook statistics shared with evaluation.
+finite scalar quantization (FSQ); each reports its batch's codebook statistics.
 
 Both quantizers map `[B, T, D]` float inputs to a `QuantizerOutput` whose `quantized` vectors
 carry straight-through gradients, and both have `lookup(codes)` so codes alone can be decoded.
@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from musicflax.models import metrics
+
 CODEBOOK = "codebook"
 
 # EMA count a code gets when it is (re)initialised from data, as in Jukebox.
@@ -28,27 +30,15 @@ _FRESH_COUNT = 1.0
 class QuantizerOutput(NamedTuple):
     quantized: jax.Array           # [B, T, D] float32, straight-through to the input
     codes: jax.Array               # [B, T] int32
-    commit_loss: jax.Array         # scalar
-    stats: dict[str, jax.Array]    # see `codebook_stats`
+    commit_loss: jax.Array         # [B]: per window (leading axis) of the input
+    stats: dict[str, jax.Array]    # see `usage_stats`
 
 
-def codebook_stats(codes: jax.Array, codebook_size: int, ema_counts: jax.Array | None = None,
-                   threshold: float = 1.0) -> dict[str, jax.Array]:
-    """Float32 scalars describing how a batch of codes uses a codebook of `codebook_size` (>= 2).
-
-    usage: fraction of codes used at least once; perplexity: exp of the entropy of the batch's
-    code distribution; normalized_entropy: that entropy / log(codebook_size); dead_codes: codes
-    whose EMA count is below `threshold` when `ema_counts` is given, else codes unused here.
-    """
-    counts = jnp.bincount(codes.ravel(), length=codebook_size).astype(jnp.float32)
-    entropy = jnp.sum(jax.scipy.special.entr(counts / counts.sum()))
-    dead = counts == 0 if ema_counts is None else ema_counts < threshold
-    return {
-        "usage": jnp.mean(counts > 0, dtype=jnp.float32),
-        "perplexity": jnp.exp(entropy),
-        "normalized_entropy": entropy / math.log(codebook_size),
-        "dead_codes": jnp.sum(dead, dtype=jnp.float32),
-    }
+def usage_stats(codes: jax.Array, codebook_size: int, ema_counts: jax.Array | None = None,
+                threshold: float = 1.0) -> dict[str, jax.Array]:
+    """`metrics.codebook_stats` of one batch's codes (any shape) over a codebook of K codes."""
+    counts = jnp.bincount(codes.ravel(), length=codebook_size)
+    return metrics.codebook_stats(counts, ema_counts, threshold)
 
 
 def nearest_codes(flat: jax.Array, embedding: jax.Array) -> jax.Array:
@@ -139,12 +129,14 @@ class EMAVectorQuantizer(nn.Module):
         else:
             codes = nearest_codes(data, state[0])
             quantized = state[0][codes]
-        commit_loss = self.commitment * jnp.mean((flat - lax.stop_gradient(quantized)) ** 2)
+        # Per window (leading axis), so that validation can mask padded windows.
+        error = ((flat - lax.stop_gradient(quantized)) ** 2).reshape(z.shape[0], -1)
+        commit_loss = self.commitment * jnp.mean(error, axis=1)
         # Exactly `quantized` in the forward pass, identity gradient to the encoder.
         quantized = quantized + (flat - lax.stop_gradient(flat))
         return QuantizerOutput(
             quantized.reshape(z.shape), codes.reshape(z.shape[:-1]), commit_loss,
-            codebook_stats(codes, self.codebook_size, stats_counts, self.restart_threshold))
+            usage_stats(codes, self.codebook_size, stats_counts, self.restart_threshold))
 
     def _init_step(self, flat, key):
         embedding = random_rows(key, flat, self.codebook_size)
@@ -231,8 +223,15 @@ class FSQ(nn.Module):
     def __call__(self, z: jax.Array, train: bool) -> QuantizerOutput:
         del train  # FSQ has no state to update; the argument keeps the quantizer interface.
         quantized, codes = fsq_quantize(z.astype(jnp.float32), self.levels)
-        return QuantizerOutput(quantized, codes, jnp.zeros((), jnp.float32),
-                               codebook_stats(codes, self.codebook_size))
+        return QuantizerOutput(quantized, codes, jnp.zeros(z.shape[:1], jnp.float32),
+                               usage_stats(codes, self.codebook_size))
+
+
+def ema_cluster_sizes(model_state) -> list[jax.Array]:
+    """Each level's EMA code counts from the "codebook" collection (empty for FSQ)."""
+    leaves = jax.tree_util.tree_leaves_with_path(model_state)
+    named = sorted((jax.tree_util.keystr(path), v) for path, v in leaves)
+    return [jnp.asarray(v) for name, v in named if name.endswith("['cluster_size']")]
 
 
 def make_quantizer(spec: Mapping[str, Any]) -> nn.Module:

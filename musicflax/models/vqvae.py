@@ -95,9 +95,10 @@ class VQVAE(nn.Module):
     """`__call__(x, train)` -> (outputs, aux); `encode(x)` -> codes; `decode(codes, level)`.
 
     outputs: per level, the reconstruction [B, T, C] float32 (logits for piano-rolls).
-    aux: `codes` (per level, int32 [B, T / hop]), `commit_loss` (scalar, summed over levels),
-    `commit_losses` (per level) and `codebook_stats` (per level, see
-    `quantizers.codebook_stats`).
+    aux: `codes` (per level, int32 [B, T / hop]), `latents` (per level, the quantized vectors
+    [B, T / hop, D] the decoder reads), `commit_loss` ([B] per window, summed over
+    levels), `commit_losses` (per level, [B]) and `codebook_stats` (per level, see
+    `quantizers.usage_stats`).
     """
 
     input_channels: int
@@ -140,14 +141,15 @@ class VQVAE(nn.Module):
 
     def __call__(self, x: jax.Array, train: bool):
         x = self._check_input(x)
-        outputs, codes, commit_losses, stats = [], [], [], []
+        outputs, codes, latents, commit_losses, stats = [], [], [], [], []
         for level in range(self.levels):
             q = self.quantizers[level](self.encoders[level](x), train)
             outputs.append(self.decoders[level](q.quantized).astype(jnp.float32))
             codes.append(q.codes)
+            latents.append(q.quantized)
             commit_losses.append(q.commit_loss)
             stats.append(q.stats)
-        return outputs, {"codes": codes, "commit_loss": sum(commit_losses),
+        return outputs, {"codes": codes, "latents": latents, "commit_loss": sum(commit_losses),
                          "commit_losses": commit_losses, "codebook_stats": stats}
 
     def encode(self, x: jax.Array) -> list[jax.Array]:

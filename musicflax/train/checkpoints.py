@@ -58,3 +58,19 @@ def abstract_like(state_shape: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying the target shardings (what restore lays data out as)."""
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         state_shape, shardings)
+
+
+def all_steps(directory: epath.PathLike) -> list[int]:
+    """The steps saved in a checkpoint folder (none if it does not exist), read-only."""
+    if not epath.Path(directory).exists():
+        return []
+    manager = create_manager(directory, 1, 1, read_only=True)
+    try:
+        return sorted(manager.all_steps())
+    finally:
+        manager.close()
+
+
+def latest_step(directory: epath.PathLike) -> int | None:
+    steps = all_steps(directory)
+    return steps[-1] if steps else None

@@ -1,9 +1,10 @@
 """Code sequences: every recording of a split encoded by a trained VQ-VAE, cached on disk.
 
 The prior trains on these, so the encoder never runs during prior training. A cache lives in
-`<vqvae workdir>/codes/step_<N>/level<L>_<split>.npz` and carries a fingerprint: the VQ-VAE's
-config hash, checkpoint step, level, window and split ids. A cache whose fingerprint does not
-match what is asked for is rebuilt (with a warning), never silently reused.
+`<vqvae workdir>/codes/step_<N>/<dataset>/level<L>_<split>.npz` and carries a fingerprint:
+the VQ-VAE's config hash, checkpoint step, level, window, the dataset's fingerprint and the
+split ids. A cache whose fingerprint does not match what is asked for is rebuilt (with a
+warning), never silently reused.
 
 A recording's sequence is the concatenation of the codes of its non-overlapping windows, in
 time order (the encoder is convolutional, so this is what it sees in training).
@@ -46,32 +47,31 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_path(vqvae_workdir: epath.PathLike, step: int, level: int, split: str) -> epath.Path:
-    return epath.Path(vqvae_workdir) / "codes" / f"step_{step}" / f"level{level}_{split}.npz"
-
-
-def encode_split(vqvae_workdir: epath.PathLike, split: str, level: int = 0,
-                 step: int | None = None, batch_size: int = 64) -> CodeSet:
-    """Loads the cache for (checkpoint, level, split), or encodes the split and writes it."""
-    from musicflax.train import trainer  # pylint: disable=g-import-not-at-top
-
-    config, task, state = trainer.load_state(vqvae_workdir, step)
+def encode_split(vqvae_run, split: str, level: int = 0,
+                 data: ml_collections.ConfigDict | None = None,
+                 batch_size: int = 64) -> CodeSet:
+    """Loads the cache for (checkpoint, level, dataset, split), or encodes the split and
+    writes it. `vqvae_run` is an opened VQ-VAE run (musicflax.train.run.Run); `data`
+    evaluates other data than the run's own (same windows)."""
+    config, task, state = vqvae_run.config, vqvae_run.task, vqvae_run.state
     step = int(state.step)
-    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    data_cfg = ml_collections.ConfigDict((data or config.data).to_dict())
     data_cfg.eval_hop_frames = 0  # non-overlapping windows tile each recording
-    windows = input_pipeline.create_windows(data_cfg, split, train=False)
+    builder = input_pipeline.get_builder(data_cfg)
+    windows = input_pipeline.create_windows(data_cfg, split, train=False, builder=builder)
     fingerprint = {
         "vqvae_config": config_hash(config), "step": step, "level": level, "split": split,
-        "window": windows.window, "ids": windows.data.ids.tolist(),
+        "window": windows.window, "dataset": builder.info.metadata["fingerprint"],
+        "ids": windows.data.ids.tolist(),
     }
-    path = cache_path(vqvae_workdir, step, level, split)
+    path = (epath.Path(vqvae_run.workdir) / "codes" / f"step_{step}" /
+            builder.builder_config.name / f"level{level}_{split}.npz")
     if path.exists():
         with path.open("rb") as f:
             cached = dict(np.load(f, allow_pickle=False))
         if json.loads(str(cached["fingerprint"])) == fingerprint:
             return _codeset(cached)
         logging.warning("%s does not match the checkpoint or data asked for: rebuilding", path)
-    hop = task.model.hops[level]
     encode = jax.jit(lambda params, batch: task.model.apply(
         {"params": params, **state.model_state}, task.model_inputs(batch),
         method="encode")[level])
@@ -88,9 +88,7 @@ def encode_split(vqvae_workdir: epath.PathLike, split: str, level: int = 0,
         "ids": windows.data.ids[recordings], "composer": windows.data.composer[recordings],
         "ensemble": windows.data.ensemble[recordings],
         "codebook_size": np.int64(task.codebook_size),
-        "codes_per_second": np.float64(windows.data.frame_rate / hop
-                                       if config.data.representation == "pianoroll"
-                                       else config.data.sample_rate / hop),
+        "codes_per_second": np.float64(task.codes_per_second(level)),
         "vocab": np.asarray(json.dumps(dict(windows.data.vocab))),
         "fingerprint": np.asarray(json.dumps(fingerprint)),
     }
@@ -114,27 +112,3 @@ def _codeset(arrays: Mapping[str, np.ndarray]) -> CodeSet:
                    codebook_size=int(arrays["codebook_size"]),
                    codes_per_second=float(arrays["codes_per_second"]),
                    vocab=json.loads(str(arrays["vocab"])))
-
-
-def baseline_bits(train: CodeSet, evaluated: CodeSet | None = None) -> dict[str, float]:
-    """Bits per code of simple models fit on the training codes.
-
-    uniform_bits = log2 K; unigram_bits = entropy of the training code distribution (the
-    baseline the prior is judged against). With `evaluated`, also the cross-entropies on
-    those codes of the unigram and of a bigram model (add-one smoothing), for the eval report.
-    """
-    k = train.codebook_size
-    counts = np.bincount(train.codes, minlength=k).astype(np.float64)
-    p = counts / counts.sum()
-    out = {"uniform_bits": float(np.log2(k)),
-           "unigram_bits": float(-np.sum(p[p > 0] * np.log2(p[p > 0])))}
-    if evaluated is not None:
-        smoothed = (counts + 1) / (counts.sum() + k)
-        out["unigram_xent_bits"] = float(-np.mean(np.log2(smoothed[evaluated.codes])))
-        pairs = np.ones((k, k))
-        for seq in train.sequences():
-            np.add.at(pairs, (seq[:-1], seq[1:]), 1)
-        pairs /= pairs.sum(axis=1, keepdims=True)
-        bits = [-np.log2(pairs[s[:-1], s[1:]]) for s in evaluated.sequences() if len(s) > 1]
-        out["bigram_xent_bits"] = float(np.mean(np.concatenate(bits)))
-    return out

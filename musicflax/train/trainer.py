@@ -1,16 +1,21 @@
-"""The one training loop both stages (VQ-VAE, prior) share.
+"""The one training loop every stage (VQ-VAE, prior) shares.
 
-Sections: mesh -> task (model + data) -> sharded state init -> restore -> jitted steps ->
-loop (log, eval, images, checkpoint, preemption). A `Task` (musicflax.train.tasks) supplies
-the model-specific parts; everything here is the same for every stage.
+Sections: workdir (config checked on resume) -> mesh -> task (model + data) -> sharded state
+init or restore -> jitted train step -> loop (log, validation by the configured evaluators,
+images, checkpoint, preemption). Everything model-specific comes from the task
+(musicflax.train.task); what defines and opens a run is musicflax.train.run.
 
 Guarantees:
 - the batch at step s and the RNG at step s are pure functions of (seed, s), so a resumed
-  run repeats an uninterrupted one step for step;
-- a non-finite loss leaves the state untouched inside the step, and the loop stops with a
-  clear message without saving it (the last good checkpoint stays as it was);
+  run repeats an uninterrupted one step for step; a resumed config that would change the
+  data stream or the model is refused;
+- a non-finite loss leaves the state untouched inside the step; the loop notices at the next
+  log, validation or checkpoint step (it never waits for the device after every step), stops
+  with a clear message and never saves the state of a bad step;
 - SIGTERM/SIGINT finish the current step, save, and exit cleanly; multi-host runs agree on
-  the step through Orbax/JAX's preemption sync point.
+  the step through Orbax/JAX's preemption sync point;
+- every validated state is saved with its metrics, so the best checkpoint is chosen among
+  all of them whatever eval_every and checkpoint_every are.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ import json
 import math
 import os
 import signal
+import socket
 import time
-from typing import Any, Callable
+from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,67 +36,22 @@ import optax
 from absl import logging
 from clu import metric_writers
 from etils import epath
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from musicflax import app
-from musicflax.train import checkpoints, sharding
-from musicflax.train.tasks import Task, create_task
+from musicflax.audio import plots
+from musicflax.eval import context as eval_context, evaluators
+from musicflax.train import checkpoints, run, sharding
+from musicflax.train.task import Task, process_shard
 
 
 class NonFiniteLossError(app.UserError):
     """The loss became NaN/inf; the message says which step and which checkpoint is intact."""
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    model_state: Any  # non-parameter collections, e.g. the VQ codebook and its EMA counts
-    rng: jax.Array    # base key; the key of step s is fold_in(rng, s)
-
-
-# ---------------------------------------------------------------------------- optimizer
-
-def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warmup + cosine decay and global-norm gradient clipping."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-        decay_steps=max(num_steps, cfg.warmup_steps + 1),
-        end_value=cfg.learning_rate * cfg.end_lr_factor)
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
-                                   weight_decay=cfg.weight_decay)), schedule
-
-
-# ---------------------------------------------------------------------------- shardings
-
-FSDP_MIN_SIZE = 2**10  # smaller arrays stay replicated: splitting them saves nothing
-
-def param_shardings(tree: Any, mesh: jax.sharding.Mesh, mode: str) -> Any:
-    """'replicated', or 'fsdp': each large array split along its largest dividing axis."""
-    if mode == "replicated":
-        return jax.tree.map(lambda _: sharding.replicated(mesh), tree)
-    if mode != "fsdp":
-        raise ValueError(f"unknown param_sharding {mode!r} (replicated | fsdp)")
-    size = mesh.shape[sharding.DATA_AXIS]
-
-    def rule(x):
-        if x.ndim == 0 or x.size < FSDP_MIN_SIZE:
-            return sharding.replicated(mesh)
-        for axis in np.argsort(x.shape)[::-1]:
-            if x.shape[axis] % size == 0:
-                spec = [None] * x.ndim
-                spec[axis] = sharding.DATA_AXIS
-                return NamedSharding(mesh, P(*spec))
-        return sharding.replicated(mesh)
-    return jax.tree.map(rule, tree)
-
-
 # ---------------------------------------------------------------------------- steps
 
 def make_train_step(task: Task, tx: optax.GradientTransformation) -> Callable:
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: run.TrainState, batch: dict) -> tuple[run.TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
@@ -104,18 +64,12 @@ def make_train_step(task: Task, tx: optax.GradientTransformation) -> Callable:
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
         candidate = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=model_state)
-        # On a bad step keep the old state (the loop stops right after) so nothing bad is saved.
+        # On a bad step keep the old state (the loop stops soon after) so nothing bad is saved.
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate, state)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
                    "nonfinite": ~finite}
         return new_state, metrics
     return train_step
-
-
-def make_eval_step(task: Task) -> Callable:
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        return task.eval_sums(state.params, state.model_state, batch)
-    return eval_step
 
 
 # ---------------------------------------------------------------------------- loop helpers
@@ -164,101 +118,103 @@ class Progress:
                 f"{rate * self.batch:.0f} windows/s  ETA {eta_text}")
 
 
-def mean_metrics(history: list[dict]) -> dict[str, float]:
-    history = jax.device_get(history)
-    return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+class Heartbeat:
+    """`heartbeat.json` in the workdir (process 0): step, state and time, for launchers that
+    watch a run (is it alive, has it finished)."""
+
+    def __init__(self, workdir: epath.Path, total: int):
+        self.path, self.total = workdir / "heartbeat.json", total
+        self.enabled = jax.process_index() == 0
+
+    def beat(self, step: int, state: str = "running") -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "num_train_steps": self.total, "state": state,
+                  "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        tmp = self.path.parent / (self.path.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.path)
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: epath.Path,
+                    allow_config_change: bool) -> ml_collections.ConfigDict:
+    """The config the run uses. A fresh run pins what it builds on and saves its config; a
+    resumed one must keep every field that shapes its data stream or model."""
+    saved_path = workdir / "config.json"
+    if config.task == "prior":
+        config = ml_collections.ConfigDict(config.to_dict())
+        if saved_path.exists():
+            # A resume keeps the VQ-VAE the prior was pinned to, unless the command names
+            # another workdir or step explicitly.
+            saved = run.load_config(workdir).prior
+            asked = config.prior
+            same_dir = run.absolute(asked.vqvae_workdir) == run.absolute(saved.vqvae_workdir)
+            if same_dir and int(asked.vqvae_step) < 0:
+                asked.vqvae_step = saved.vqvae_step
+            if same_dir and not asked.vqvae_config_hash:
+                asked.vqvae_config_hash = saved.vqvae_config_hash
+        run.pin_vqvae(config)
+    if saved_path.exists():
+        changed = run.config_changes(run.load_config(workdir), config)
+        if changed and not allow_config_change:
+            raise app.UserError(
+                f"{workdir} holds a run whose config differs in {', '.join(changed[:8])}"
+                f"{' ...' if len(changed) > 8 else ''}: resuming would change its data stream "
+                "or model. Use another --workdir, or --allow_config_change to resume anyway")
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        saved_path.write_text(config.to_json_best_effort(indent=2))
+    return config
 
 
-# ---------------------------------------------------------------------------- state
-
-def state_layout(config, task: Task, tx, mesh) -> tuple[Callable, Any]:
-    """(init(rng) -> TrainState, the TrainState of shardings) for a task on a mesh."""
-    def init(rng):
-        params, model_state = task.init(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), model_state=model_state, rng=rng)
-
-    shape = jax.eval_shape(init, jax.random.PRNGKey(0))
-    layout = param_shardings(shape, mesh, config.param_sharding)
-    return init, layout.replace(step=sharding.replicated(mesh), rng=sharding.replicated(mesh))
-
-
-def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-    """The config a run saved in its workdir."""
-    path = epath.Path(workdir) / "config.json"
-    if not path.exists():
-        raise app.UserError(f"{workdir}: not a musicflax workdir (no config.json)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+def check_data(task: Task, workdir: epath.Path, allow_config_change: bool) -> None:
+    """Records which data the run trains on; a resumed run must find the same dataset."""
+    record = task.data_record()
+    path = workdir / "data.json"
+    if path.exists() and not allow_config_change:
+        before = json.loads(path.read_text())
+        if before.get("fingerprint") != record.get("fingerprint"):
+            raise app.UserError(
+                f"{workdir} was trained on {before.get('dataset')} ({before.get('source')}); "
+                f"its data is now {record.get('dataset')}: the source files or data options "
+                "changed. Use another --workdir, or --allow_config_change to resume anyway")
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(record, indent=2))
 
 
-def load_state(workdir: epath.PathLike, step: int | None = None,
-               config: ml_collections.ConfigDict | None = None, devices=None):
-    """(config, task, state) of a run's checkpoint (latest unless `step`), replicated over
-    `devices` (default: one local device).
+# Validation keys worth a place in the log line (all of them go to TensorBoard).
+HEADLINES = ("loss/loss", "note_onset_f1", "note_onset_offset_f1", "frame_f1", "usage",
+             "perplexity", "bits_per_code", "spectral_convergence_db", "si_sdr_db")
 
-    The task's data is not loaded until used, so loading a model for sampling is cheap.
-    """
-    workdir = absolute(workdir)
-    config = config or load_config(workdir)
-    task = create_task(config, workdir)
-    tx, _ = make_optimizer(config.optim, config.num_train_steps)
-    mesh = sharding.make_mesh(1, devices or jax.local_devices()[:1])
-    init, layout = state_layout(config, task, tx, mesh)
-    if not (workdir / "checkpoints").exists():
-        raise app.UserError(f"{workdir}/checkpoints: no checkpoint folder")
-    manager = checkpoints.create_manager(workdir / "checkpoints", 1, 1, read_only=True)
-    available = manager.all_steps()
-    if not available:
-        raise app.UserError(f"{workdir}/checkpoints: no checkpoint to load")
-    if step is not None and step not in available:
-        raise app.UserError(f"{workdir}/checkpoints: no step {step} (have {list(available)})")
-    abstract = checkpoints.abstract_like(jax.eval_shape(init, jax.random.PRNGKey(0)), layout)
-    try:
-        state = checkpoints.restore(manager, abstract, step)
-    except (ValueError, KeyError, TypeError) as e:
-        raise app.UserError(f"{workdir}/checkpoints: checkpoint does not match the run's "
-                            f"config ({str(e).splitlines()[0][:200]})") from None
-    finally:
-        manager.close()
-    return config, task, state
+
+def headline(key: str) -> bool:
+    return key.split("/")[-1] in HEADLINES or key in HEADLINES
 
 
 # ---------------------------------------------------------------------------- main loop
 
-def absolute(workdir: epath.PathLike) -> epath.Path:
-    """Orbax wants absolute paths; cloud paths (gs://...) already are."""
-    text = os.fspath(workdir)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> run.TrainState:
     """Trains (or resumes) the configured task in `workdir`; returns the final state."""
-    workdir = absolute(workdir)
+    workdir = run.absolute(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir)
+    config = prepare_workdir(config, workdir, allow_config_change)
+    evaluators.check(config.get("evals"))
     is_chief = jax.process_index() == 0
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
     # -- mesh and task (model + data) ------------------------------------------------------
     devices = jax.devices()[:config.mesh.num_devices or None]
     mesh = sharding.make_mesh(config.mesh.model, devices)
-    task = create_task(config, workdir)
-    if is_chief:
-        # Which data (source, fingerprint, split rule and ids) this run trains on.
-        (workdir / "data.json").write_text(json.dumps(task.data_record(), indent=2))
+    task = run.create_task(config)
+    check_data(task, workdir, allow_config_change)
     global_batch = config.batch_size
     if global_batch % mesh.shape[sharding.DATA_AXIS]:
-        raise ValueError(f"batch_size {global_batch} does not divide over "
-                         f"{mesh.shape[sharding.DATA_AXIS]} data-parallel devices")
-    tx, schedule = make_optimizer(config.optim, config.num_train_steps)
+        raise app.UserError(f"batch_size {global_batch} does not divide over "
+                            f"{mesh.shape[sharding.DATA_AXIS]} data-parallel devices")
+    tx, schedule = run.make_optimizer(config.optim, config.num_train_steps)
 
     # -- sharded state init, or restore (same workdir = resume) ----------------------------
-    init, state_sharding = state_layout(config, task, tx, mesh)
+    init, state_sharding = run.state_layout(config, task, tx, mesh)
     manager = checkpoints.create_manager(workdir / "checkpoints", config.checkpoint_every,
                                          config.keep_checkpoints, task.best_metric,
                                          task.best_mode)
@@ -275,67 +231,101 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(make_train_step(task, tx), in_shardings=(state_sharding, batch_sharding),
                          out_shardings=(state_sharding, None), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(task), in_shardings=(state_sharding, batch_sharding))
+    runner = run.Runner(mesh, state_sharding)
 
-    def evaluate(state) -> dict[str, float]:
-        sums = None
-        for local in task.eval_batches():
-            out = eval_step(state, sharding.global_batch(local, mesh))
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        return task.finalize_eval(jax.device_get(sums), jax.device_get(state.model_state))
+    def validate(state, step: int) -> dict[str, float]:
+        prior = eval_context.PriorRun(task, state, runner) if config.task == "prior" else None
+        ctx = eval_context.Context(task, state, runner, "validation", step, config.batch_size,
+                                   prior=prior, shard=process_shard())
+        return evaluators.flat_scalars(evaluators.evaluate(ctx, config.evals))
+
+    image_batch = task.image_batch() if config.image_every else None
+
+    def write_images(state, step: int) -> None:
+        # Every process runs the model (fsdp params span all of them); process 0 draws.
+        _, outputs = next(runner(task.image_outputs, state, [image_batch],
+                                 replicated_batch=True))
+        if is_chief:
+            image = task.render_images(image_batch, outputs, step)
+            (workdir / "recon").mkdir(exist_ok=True)
+            plots.save_png(workdir / "recon" / f"step_{step}.png", image)
+            writer.write_images(step, {"reconstruction": image[None]})
 
     # -- loop ------------------------------------------------------------------------------
     stop = StopSignal()
+    heartbeat = Heartbeat(workdir, config.num_train_steps)
     progress = Progress(config.num_train_steps, global_batch, start_step)
     history: list[dict] = []
     last_eval: dict[str, float] | None = None
-    step = start_step
+    step, final = start_step, "running"
+
+    def check_finite(upto: int) -> None:
+        """Raises if a step since the last check had a non-finite loss (one host sync)."""
+        flags = jax.device_get([h["nonfinite"] for h in history[-upto:]]) if upto else []
+        bad = [step - len(flags) + 1 + i for i, f in enumerate(flags) if bool(f)]
+        if bad:
+            good = manager.latest_step()
+            raise NonFiniteLossError(
+                f"loss became NaN/inf at step {bad[0]}; stopping without saving. The last "
+                f"good checkpoint is step {good} in {manager.directory}" if good is not None
+                else f"loss became NaN/inf at step {bad[0]}; no checkpoint was written")
+
     try:
+        unchecked = 0
         for local in task.train_batches(start_step):
             if step >= config.num_train_steps:
                 break
-            batch = sharding.global_batch(local, mesh)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, sharding.global_batch(local, mesh))
             step += 1
+            unchecked += 1
             history.append(metrics)
-            if bool(jax.device_get(metrics["nonfinite"])):
-                good = manager.latest_step()
-                raise NonFiniteLossError(
-                    f"loss became NaN/inf at step {step}; stopping without saving. The last "
-                    f"good checkpoint is step {good} in {manager.directory}" if good is not None
-                    else f"loss became NaN/inf at step {step}; no checkpoint was written")
-            if step % config.log_every == 0 or step == config.num_train_steps:
-                summary = mean_metrics(history)
+            last = step == config.num_train_steps
+            evaluating = step % config.eval_every == 0 or last
+            stopping = stop.received is not None or manager.reached_preemption(step)
+            saving = evaluating or stopping or last or manager.should_save(step)
+            if step % config.log_every == 0 or last or evaluating or saving:
+                check_finite(unchecked)
+                unchecked = 0
+            if step % config.log_every == 0 or last:
+                summary = {k: float(np.mean(v)) for k, v in jax.device_get(
+                    {k: [h[k] for h in history] for k in history[0]}).items()}
                 history = []
                 summary["learning_rate"] = float(schedule(step - 1))
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()
                                             if k != "nonfinite"})
                 if is_chief:
                     logging.info(progress.line(step, summary))
-            if step % config.eval_every == 0 or step == config.num_train_steps:
-                last_eval = evaluate(state)
+                heartbeat.beat(step)
+            metrics_at_save = None
+            if evaluating:
+                last_eval = validate(state, step)
+                metrics_at_save = last_eval
                 writer.write_scalars(step, {f"validation/{k}": v for k, v in last_eval.items()})
-                logging.info("validation at step %d: %s", step,
-                             "  ".join(f"{k} {v:.4f}" for k, v in sorted(last_eval.items())))
-            if is_chief and config.image_every and step % config.image_every == 0:
-                images = task.images(state, workdir, step)
-                if images:
-                    writer.write_images(step, images)
-            at_eval = last_eval if step % config.eval_every == 0 else None
-            stopping = stop.received is not None or manager.reached_preemption(step)
-            if stopping or step == config.num_train_steps:
-                checkpoints.save(manager, step, state, at_eval, force=True)
-            else:
-                checkpoints.save(manager, step, state, at_eval)
-            if stopping:
+                logging.info("validation at step %d: %s", step, "  ".join(
+                    f"{k} {v:.4f}" for k, v in sorted(last_eval.items()) if headline(k)))
+            if config.image_every and (step % config.image_every == 0 or last):
+                write_images(state, step)
+            if saving:
+                # A validated state is always saved with its metrics (so best-of selection
+                # sees every evaluation); otherwise Orbax's interval decides.
+                checkpoints.save(manager, step, state, metrics_at_save,
+                                 force=evaluating or stopping or last)
+            if stopping and not last:
+                final = "stopped"
                 logging.warning("stopped at step %d; checkpoint saved: run the same command "
                                 "to resume", step)
                 break
+        if step >= config.num_train_steps:
+            final = "finished"
+    except BaseException:
+        final = "failed"
+        raise
     finally:
         manager.wait_until_finished()
         manager.close()
         writer.flush()
         stop.restore()
+        heartbeat.beat(step, final)
     if is_chief and last_eval is not None:
         (workdir / "metrics.json").write_text(json.dumps({"step": step, **last_eval}, indent=2))
     return state

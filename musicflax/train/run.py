@@ -1,0 +1,251 @@
+"""What defines and opens a run, below the loop: the state and its optimizer and shardings,
+the task registry, opening a workdir's checkpoint, checking a resumed config, and the runner
+that evaluators use to pass a model over a split.
+
+The loop (musicflax.train.trainer), sampling, encoding and evaluation all import this
+module; a stage that builds on another (a prior on a VQ-VAE) is handed that run, opened
+here at the step it is pinned to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from musicflax import app
+from musicflax.train import checkpoints, codes, sharding
+from musicflax.train.prior_task import PriorTask
+from musicflax.train.task import Task
+from musicflax.train.vqvae_task import VQVAETask
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any  # non-parameter collections, e.g. the VQ codebook and its EMA counts
+    rng: jax.Array    # base key; the key of step s is fold_in(rng, s)
+
+
+# ---------------------------------------------------------------------------- optimizer
+
+def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int):
+    """(AdamW with linear warmup + cosine decay and global-norm clipping, its schedule)."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+        decay_steps=max(num_steps, cfg.warmup_steps + 1),
+        end_value=cfg.learning_rate * cfg.end_lr_factor)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
+                                   weight_decay=cfg.weight_decay)), schedule
+
+
+# ---------------------------------------------------------------------------- shardings
+
+FSDP_MIN_SIZE = 2**10  # smaller arrays stay replicated: splitting them saves nothing
+
+
+def param_shardings(tree: Any, mesh: jax.sharding.Mesh, mode: str) -> Any:
+    """'replicated', or 'fsdp': each large array split along its largest dividing axis."""
+    if mode == "replicated":
+        return jax.tree.map(lambda _: sharding.replicated(mesh), tree)
+    if mode != "fsdp":
+        raise app.UserError(f"unknown param_sharding {mode!r} (replicated | fsdp)")
+    size = mesh.shape[sharding.DATA_AXIS]
+
+    def rule(x):
+        if x.ndim == 0 or x.size < FSDP_MIN_SIZE:
+            return sharding.replicated(mesh)
+        for axis in np.argsort(x.shape)[::-1]:
+            if x.shape[axis] % size == 0:
+                spec = [None] * x.ndim
+                spec[axis] = sharding.DATA_AXIS
+                return NamedSharding(mesh, P(*spec))
+        return sharding.replicated(mesh)
+    return jax.tree.map(rule, tree)
+
+
+def state_layout(config, task: Task, tx, mesh) -> tuple[Callable, Any]:
+    """(init(rng) -> TrainState, the TrainState of shardings) for a task on a mesh."""
+    def init(rng):
+        params, model_state = task.init(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), model_state=model_state, rng=rng)
+
+    shape = jax.eval_shape(init, jax.random.PRNGKey(0))
+    layout = param_shardings(shape, mesh, config.param_sharding)
+    return init, layout.replace(step=sharding.replicated(mesh), rng=sharding.replicated(mesh))
+
+
+# ---------------------------------------------------------------------------- runs
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """An opened run: its config, task, restored state and (absolute) workdir."""
+
+    config: ml_collections.ConfigDict
+    task: Task
+    state: TrainState
+    workdir: epath.Path
+    state_sharding: Any = None
+    mesh: Any = None
+
+
+def absolute(workdir: epath.PathLike) -> epath.Path:
+    """Orbax wants absolute paths; cloud paths (gs://...) already are."""
+    text = os.fspath(workdir)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
+    """The config a run saved in its workdir."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise app.UserError(f"{workdir}: not a musicflax workdir (no config.json)")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def create_task(config: ml_collections.ConfigDict) -> Task:
+    """The task `config.task` names; a prior is handed its VQ-VAE run at the pinned step."""
+    if config.task == "vqvae":
+        return VQVAETask(config)
+    if config.task == "prior":
+        return PriorTask(config, open_vqvae_of(config))
+    raise app.UserError(f"unknown task {config.task!r}; choose one of ['prior', 'vqvae']")
+
+
+def pin_vqvae(config: ml_collections.ConfigDict) -> None:
+    """Makes a prior config name its VQ-VAE exactly: absolute workdir, concrete step and the
+    hash of the VQ-VAE's config (in place; a fresh prior run saves what this pins)."""
+    settings = config.prior
+    workdir = absolute(settings.vqvae_workdir)
+    vqvae_config = load_config(workdir)
+    step = int(settings.vqvae_step)
+    if step < 0:
+        step = checkpoints.latest_step(workdir / "checkpoints")
+        if step is None:
+            raise app.UserError(f"{workdir}/checkpoints: no checkpoint to build a prior on")
+    settings.vqvae_workdir, settings.vqvae_step = str(workdir), step
+    settings.vqvae_config_hash = codes.config_hash(vqvae_config)
+
+
+def open_vqvae_of(config: ml_collections.ConfigDict) -> Run:
+    """The VQ-VAE run a (pinned) prior config names; refuses one that changed since."""
+    settings = config.prior
+    if int(settings.vqvae_step) < 0 or not settings.get("vqvae_config_hash"):
+        pin_vqvae(config)
+    run = open_run(settings.vqvae_workdir, int(settings.vqvae_step))
+    if codes.config_hash(run.config) != settings.vqvae_config_hash:
+        raise app.UserError(f"{settings.vqvae_workdir}/config.json changed since the prior was "
+                            f"trained on it (config hash {codes.config_hash(run.config)}, the "
+                            f"prior recorded {settings.vqvae_config_hash})")
+    return run
+
+
+def open_run(workdir: epath.PathLike, step: int | None = None,
+             config: ml_collections.ConfigDict | None = None, devices=None) -> Run:
+    """A run's checkpoint (latest unless `step`), replicated over `devices` (default: one
+    local device). The task's data is not loaded until used, so opening a model to sample
+    from is cheap. `config` replaces the saved one (e.g. evaluation on other data)."""
+    workdir = absolute(workdir)
+    config = config or load_config(workdir)
+    if not (workdir / "checkpoints").exists():
+        raise app.UserError(f"{workdir}/checkpoints: no checkpoint folder")
+    available = checkpoints.all_steps(workdir / "checkpoints")
+    if not available:
+        raise app.UserError(f"{workdir}/checkpoints: no checkpoint to load")
+    if step is not None and step not in available:
+        raise app.UserError(f"{workdir}/checkpoints: no step {step} (have {list(available)})")
+    task = create_task(config)
+    tx, _ = make_optimizer(config.optim, config.num_train_steps)
+    mesh = sharding.make_mesh(1, devices or jax.local_devices()[:1])
+    init, layout = state_layout(config, task, tx, mesh)
+    manager = checkpoints.create_manager(workdir / "checkpoints", 1, 1, read_only=True)
+    abstract = checkpoints.abstract_like(jax.eval_shape(init, jax.random.PRNGKey(0)), layout)
+    try:
+        state = checkpoints.restore(manager, abstract, step)
+    except (ValueError, KeyError, TypeError) as e:
+        raise app.UserError(f"{workdir}/checkpoints: checkpoint does not match the run's "
+                            f"config ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        manager.close()
+    return Run(config, task, state, workdir, layout, mesh)
+
+
+# ---------------------------------------------------------------------------- resuming
+
+# Fields a resumed run may change: they extend or observe the run, or lay the same state out
+# on other devices, without changing its data stream or its model.
+RESUMABLE_CHANGES = ("num_train_steps", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints", "image_every", "image_windows", "mesh.", "distributed.",
+                     "param_sharding", "evals.", "data.tfds_data_dir", "data.num_threads",
+                     "data.prefetch")
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
+    """Fields whose values differ and that a resumed run may not change."""
+    old, now = _flat(json.loads(saved.to_json())), _flat(json.loads(new.to_json()))
+    changed = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
+    return [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+class Runner:
+    """Passes a pure per-window function `fn(params, model_state, batch)` over batches on a
+    mesh, for evaluators: every process runs it on its rows, and gets back every row of the
+    global batch and the outputs as numpy."""
+
+    def __init__(self, mesh, state_sharding):
+        self.mesh, self.state_sharding = mesh, state_sharding
+        self._compiled: dict[tuple, Callable] = {}
+
+    def _jitted(self, fn, replicated_batch: bool):
+        key = (fn, replicated_batch)
+        if key not in self._compiled:
+            batch = sharding.replicated(self.mesh) if replicated_batch else \
+                sharding.batch_sharding(self.mesh)
+            self._compiled[key] = jax.jit(
+                lambda state, b: fn(state.params, state.model_state, b),
+                in_shardings=(self.state_sharding, batch),
+                out_shardings=sharding.replicated(self.mesh))
+        return self._compiled[key]
+
+    def __call__(self, fn, state, batches: Iterable[dict[str, np.ndarray]],
+                 replicated_batch: bool = False) -> Iterator[tuple[dict, dict]]:
+        """(global host batch, host outputs) per batch. With `replicated_batch` every process
+        holds the whole (same) batch, e.g. a few fixed windows for images."""
+        jitted = self._jitted(fn, replicated_batch)
+        for local in batches:
+            if replicated_batch:
+                arrays = {k: jax.make_array_from_process_local_data(
+                    sharding.replicated(self.mesh), v) for k, v in local.items()}
+                full = local
+            else:
+                arrays = sharding.global_batch(local, self.mesh)
+                full = local if jax.process_count() == 1 else \
+                    multihost_utils.process_allgather(local, tiled=True)
+            yield full, jax.device_get(jitted(state, arrays))
