@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # starts only at an onset and lasts while the roll is on (p > 0.5), bridging dips of at
     # most max_gap_frames.
     config.decode = ml_collections.ConfigDict(dict(onset_radius=1, onset_threshold=0.5,
-                                                   max_gap_frames=2))
+                                                   max_gap_frames=4))
 
     # Evaluators run at every validation (musicflax.eval.evaluators; configs/eval.py runs more
     # of them offline). Their keys are TensorBoard's validation/<evaluator>/<key>.

@@ -5,15 +5,19 @@
     python -m musicflax.sample --workdir=workdirs/prior --prime=10016@8 --seconds=30
 
 Codes come from the prior (KV-cached decoding compiled once), are decoded by the VQ-VAE the
-prior was trained on, turned into notes (roll + onsets), written as MIDI with each group's
-General MIDI program, and rendered to WAV by musicflax's synthesizer. The same seed and
-flags give the same files. Output: <workdir>/samples/seed<seed>/ (or --out).
+prior was trained on (the step it is pinned to), read back as notes the way evaluation reads
+them, written as MIDI with each group's General MIDI program, and rendered to WAV by
+musicflax's synthesizer. The same seed and flags give the same files. Every call writes a new
+folder, <workdir>/samples/<NNN>_seed<seed>/ (or --out, which must not hold files yet), with
+settings.json recording the exact command: nothing written before is replaced.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
 
 import jax
 import numpy as np
@@ -35,7 +39,8 @@ _GUIDANCE = flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance scale.
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _PRIME = flags.DEFINE_string("prime", "", "Continue a real excerpt: <recording id>@<seconds>.")
 _STEP = flags.DEFINE_integer("step", None, "Prior checkpoint step (default: latest).")
-_OUT = flags.DEFINE_string("out", "", "Output folder (default: <workdir>/samples/seed<seed>).")
+_OUT = flags.DEFINE_string("out", "", "Output folder, new or empty (default: a new "
+                           "<workdir>/samples/<NNN>_seed<seed>).")
 _SAMPLE_RATE = flags.DEFINE_integer("sample_rate", 22050, "WAV rate for piano-roll models.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -69,6 +74,23 @@ def _prime_codes(task, spec: str, num: int) -> np.ndarray | None:
     raise app.UserError(f"recording {rec_id} is in no split of the prior's data")
 
 
+def output_folder(workdir: epath.Path) -> epath.Path:
+    """A folder of this call's own: --out if new or empty, else the next free
+    <workdir>/samples/<NNN>_seed<seed>."""
+    if _OUT.value:
+        out = epath.Path(_OUT.value)
+        if out.exists() and any(out.iterdir()):
+            raise app.UserError(f"--out={out} already holds files; samples never replace "
+                                "others: give a new folder")
+    else:
+        root = workdir / "samples"
+        taken = [int(p.name.split("_")[0]) for p in root.glob("*_seed*")
+                 if p.name.split("_")[0].isdigit()] if root.exists() else []
+        out = root / f"{max(taken, default=0) + 1:03d}_seed{_SEED.value}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def main(argv):
     del argv
     from musicflax.audio import midi, plots, synth  # pylint: disable=g-import-not-at-top
@@ -90,12 +112,13 @@ def main(argv):
         guidance_scale=_GUIDANCE.value, prime=prime)
     decoded = task.decode(np.asarray(codes))
 
-    out = epath.Path(_OUT.value) if _OUT.value else workdir / "samples" / f"seed{_SEED.value}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(workdir)
     settings = {k: flags.FLAGS[k].value for k in ("num", "seconds", "composer", "ensemble",
                                                   "temperature", "top_k", "top_p", "guidance",
                                                   "seed", "prime", "sample_rate")}
-    settings.update(prior_step=int(state.step), vqvae_workdir=config.prior.vqvae_workdir,
+    settings.update(command=shlex.join(sys.argv), prior_workdir=str(opened.workdir),
+                    prior_step=int(state.step), vqvae_workdir=str(task.vqvae.workdir),
+                    vqvae_step=int(task.vqvae.state.step),
                     codes_per_second=task.codes_per_second, files=[])
     for i, sample in enumerate(decoded):
         name = out / f"sample_{i:02d}"
@@ -106,8 +129,7 @@ def main(argv):
             # Whole codes can overshoot the length asked for by a few frames: cut them.
             frames = int(_SECONDS.value * sample["frame_rate"])
             roll, onsets = sample["roll"][:frames], sample["onsets"][:frames]
-            notes = midi.roll_to_notes(roll, sample["frame_rate"], sample["group_programs"],
-                                       onsets=onsets)
+            notes = task.vqvae.task.read_notes(roll, onsets)
             midi.write_midi(f"{name}.mid", **notes)
             wave = synth.synthesize(**notes, sample_rate=_SAMPLE_RATE.value,
                                     duration=_SECONDS.value)

@@ -103,3 +103,28 @@ def test_priming_and_bad_flags(runs, tmp_path):
                            f"--out={tmp_path / 'x'}", "--composer=Nobody"], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "unknown composer 'Nobody'" in proc.stderr.splitlines()[-1]
+
+
+def test_samples_never_overwrite_and_record_the_command(runs, tmp_path):
+    root, _ = runs
+    prior = root / "prior"
+
+    def call(*extra):
+        return subprocess.run([sys.executable, "-m", "musicflax.sample", f"--workdir={prior}",
+                               "--num=1", "--seconds=2", *extra], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+
+    before = set((prior / "samples").glob("*")) if (prior / "samples").exists() else set()
+    for _ in range(2):
+        assert call().returncode == 0
+    first, second = sorted(set((prior / "samples").glob("*")) - before)
+    assert first.name.endswith("_seed0") and second.name.endswith("_seed0")
+    assert int(second.name[:3]) == int(first.name[:3]) + 1
+    settings = json.loads((first / "settings.json").read_text())
+    assert settings["command"].endswith(f"--workdir={prior} --num=1 --seconds=2")
+    assert settings["vqvae_step"] == 30 and settings["vqvae_workdir"] == str(root / "vqvae")
+    proc = call(f"--out={first}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: --out={first} already holds files; samples never replace others: give a new "
+        "folder")

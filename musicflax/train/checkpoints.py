@@ -7,6 +7,7 @@ target carrying the current mesh's shardings, so a run saved on 8 devices resume
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -46,11 +47,39 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
     return manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
 
 
+def _shapes(tree: Any) -> dict[str, tuple]:
+    """'params/encoders_0/...' -> shape, for every array of a tree (attributes or keys)."""
+    return {re.sub(r"\W+", "/", jax.tree_util.keystr(path)).strip("/"): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
+def mismatch(directory: epath.PathLike, step: int, abstract_state: Any) -> str | None:
+    """Where a saved state and the one a config builds differ in arrays or shapes (in words),
+    read from the checkpoint's metadata alone; None if they agree."""
+    metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(directory) / str(step) /
+                                                        "default")
+    saved, wanted = _shapes(metadata.tree), _shapes(abstract_state)
+    problems = [f"{k} is {saved[k]} in the checkpoint, {wanted[k]} here"
+                for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
+    problems += [f"{k} is only in the checkpoint" for k in sorted(saved.keys() - wanted.keys())]
+    problems += [f"{k} is not in the checkpoint" for k in sorted(wanted.keys() - saved.keys())]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+    return "; ".join(problems[:2]) + more
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):
-    """The state at `step` (default: latest), laid out as `abstract_state` says; None if none."""
+    """The state at `step` (default: latest), laid out as `abstract_state` says; None if none.
+
+    A checkpoint whose arrays differ from `abstract_state` raises ValueError saying where,
+    before anything is read."""
     step = manager.latest_step() if step is None else step
     if step is None:
         return None
+    problem = mismatch(manager.directory, step, abstract_state)
+    if problem:
+        raise ValueError(f"the checkpoint at step {step} does not match the config: {problem}")
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 

@@ -177,9 +177,8 @@ def open_run(workdir: epath.PathLike, step: int | None = None,
     abstract = checkpoints.abstract_like(jax.eval_shape(init, jax.random.PRNGKey(0)), layout)
     try:
         state = checkpoints.restore(manager, abstract, step)
-    except (ValueError, KeyError, TypeError) as e:
-        raise app.UserError(f"{workdir}/checkpoints: checkpoint does not match the run's "
-                            f"config ({str(e).splitlines()[0][:200]})") from None
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        raise app.UserError(f"{workdir}/checkpoints: {str(e).splitlines()[0][:300]}") from None
     finally:
         manager.close()
     return Run(config, task, state, workdir, layout, mesh)

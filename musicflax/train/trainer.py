@@ -220,7 +220,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                          task.best_mode)
     rng = jax.random.PRNGKey(config.seed)
     abstract = checkpoints.abstract_like(jax.eval_shape(init, rng), state_sharding)
-    state = checkpoints.restore(manager, abstract)
+    try:
+        state = checkpoints.restore(manager, abstract)
+    except ValueError as e:
+        raise app.UserError(f"{manager.directory}: {e}") from None
     if state is None:
         state = jax.jit(init, out_shardings=state_sharding)(rng)
         logging.info("starting from scratch: %s", task.describe(state.params))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from musicflax.audio import plots
+from musicflax.audio import midi, plots
 from musicflax.data import input_pipeline, windows
 from musicflax.models import losses, metrics, vqvae
 from musicflax.train.task import Task, process_shard
@@ -114,6 +114,12 @@ class VQVAETask(Task):
         onsets = metrics.pick_onsets(logits[..., c:], decode.onset_radius,
                                      decode.onset_threshold)
         return logits[..., :c] > 0, onsets
+
+    def read_notes(self, roll: np.ndarray, onsets: np.ndarray) -> dict[str, np.ndarray]:
+        """Notes from a predicted roll and onsets [T, C], the way every output is read back
+        (`config.decode`; see midi.roll_to_notes): start/end (s), pitch, instrument."""
+        return midi.roll_to_notes(roll, self.frame_rate, self.groups.programs, onsets=onsets,
+                                  max_gap=int(self.config.decode.get("max_gap_frames", 0)))
 
     def eval_outputs(self, params, model_state, batch) -> dict:
         """Per window: the losses, and per level the codes, the mean latent ("pooled"), and

@@ -40,9 +40,8 @@ def interpolate_to_midi(ctx, steps: int) -> str:
     line = (1 - alphas) * np.asarray(z[0]) + alphas * np.asarray(z[other])
     logits = task.model.apply(variables, jnp.asarray(line), 0, method="decode_vectors")
     roll, onsets = (np.asarray(a) for a in task.predicted_rolls(logits))
-    notes = midi.roll_to_notes(roll.reshape(-1, roll.shape[-1]), task.frame_rate,
-                               task.groups.programs, onsets=onsets.reshape(-1, onsets.shape[-1]),
-                               max_gap=int(task.config.decode.get("max_gap_frames", 0)))
+    notes = task.read_notes(roll.reshape(-1, roll.shape[-1]),
+                            onsets.reshape(-1, onsets.shape[-1]))
     path = ctx.write_path("interpolation.mid")
     midi.write_midi(path, **notes)
     return path.name

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from musicflax.audio import midi, plots
+from musicflax.audio import plots
 from musicflax.eval import audio_metrics, notes as notes_lib
 from musicflax.models import metrics
 
@@ -64,11 +64,10 @@ def reference_notes(data, rec_index: int, frames: int) -> dict:
 
 def read_back(task, roll: np.ndarray, onsets: np.ndarray) -> dict:
     """A recording's predicted roll and onsets [T, C] -> notes, with their group."""
-    programs = task.groups.programs
-    notes = midi.roll_to_notes(roll, task.frame_rate, programs, onsets=onsets,
-                               max_gap=int(task.config.decode.get("max_gap_frames", 0)))
+    notes = task.read_notes(roll, onsets)
     # Each group writes its first code, so the program names the group.
-    notes["group"] = np.argmax(notes["instrument"][:, None] == np.asarray(programs)[None], axis=1)
+    programs = np.asarray(task.groups.programs)
+    notes["group"] = np.argmax(notes["instrument"][:, None] == programs[None], axis=1)
     return notes
 
 
