@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pretty_midi
 import pytest
@@ -128,3 +129,61 @@ def test_samples_never_overwrite_and_record_the_command(runs, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: --out={first} already holds files; samples never replace others: give a new "
         "folder")
+
+
+def test_a_tensor_parallel_prior_trains_like_one_device(runs, tmp_path):
+    root, tfds_dir = runs
+    losses, states = {}, {}
+    for name, devices, model in (("one", 1, 1), ("tensor", 8, 2)):
+        config = prior_config_for(root, tfds_dir, steps=2)
+        config.mesh.update(num_devices=devices, model=model)
+        states[name] = trainer.train_and_evaluate(config, str(tmp_path / name))
+        losses[name] = logged(tmp_path / name)
+    split = [x for x in jax.tree.leaves(states["tensor"].params) if "model" in x.sharding.spec]
+    assert len(split) >= 4  # attention, MLP and embedding kernels
+    np.testing.assert_allclose([losses["tensor"][s] for s in (1, 2)],
+                               [losses["one"][s] for s in (1, 2)], rtol=2e-5)
+
+
+def test_a_prior_stays_pinned_to_the_vqvae_step_it_was_trained_on(runs, tmp_path):
+    import os  # pylint: disable=g-import-not-at-top
+    import shutil  # pylint: disable=g-import-not-at-top
+    from train_test import tiny_config  # pylint: disable=g-import-not-at-top
+    root, tfds_dir = runs
+    vqvae = tmp_path / "vqvae"
+    shutil.copytree(root / "vqvae", vqvae, ignore=shutil.ignore_patterns("eval", "codes",
+                                                                         "samples"))
+    config = prior_config_for(tmp_path, tfds_dir, steps=3)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:  # a relative workdir, as a user types it
+        config.prior.vqvae_workdir = "vqvae"
+        trainer.train_and_evaluate(config, str(tmp_path / "prior"))
+    finally:
+        os.chdir(cwd)
+    saved = run.load_config(tmp_path / "prior").prior
+    assert (saved.vqvae_workdir, saved.vqvae_step) == (str(vqvae), 30)
+    # The VQ-VAE trains on; the prior resumes, samples and is evaluated on step 30.
+    more = tiny_config(tfds_dir, steps=33, **{"optim.learning_rate": 3e-3,
+                                              "model.output_bias": -2.0})
+    more.eval_every = more.checkpoint_every = 30
+    trainer.train_and_evaluate(more, str(vqvae))
+    resumed = prior_config_for(tmp_path, tfds_dir, steps=5)  # vqvae_step=-1 again
+    trainer.train_and_evaluate(resumed, str(tmp_path / "prior"))
+    assert json.loads((tmp_path / "prior" / "data.json").read_text())["vqvae_step"] == 30
+    assert int(run.open_run(tmp_path / "prior").task.vqvae.state.step) == 30
+    settings = sample(tmp_path, tmp_path / "s")
+    assert settings["vqvae_step"] == 30
+    proc = subprocess.run([sys.executable, "-m", "musicflax.eval", "--config=configs/eval.py:runlocal",
+                           f"--workdir={vqvae}", f"--config.evals.prior.workdir={tmp_path / 'prior'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: the prior in {tmp_path / 'prior'} was trained on step 30 of {vqvae}; evaluate "
+        f"that (--workdir={vqvae} --step=30)")
+    # A VQ-VAE whose config changed under the prior is refused.
+    saved_config = json.loads((vqvae / "config.json").read_text())
+    saved_config["model"]["output_bias"] = 0.0
+    (vqvae / "config.json").write_text(json.dumps(saved_config))
+    with pytest.raises(trainer.app.UserError, match="config.json changed since the prior"):
+        run.open_run(tmp_path / "prior")

@@ -180,3 +180,73 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tfds_dir, tmp_path):
                              text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from step {step}" in resumed.stderr
+
+
+def test_the_model_axis_splits_kernels_and_trains_like_one_device(tfds_dir, tmp_path):
+    from jax.sharding import PartitionSpec  # pylint: disable=g-import-not-at-top
+    runs = {}
+    for name, devices, model in (("one", 1, 1), ("tensor", 8, 2), ("tensor_fsdp", 8, 4)):
+        config = tiny_config(tfds_dir, steps=2, **{"mesh.num_devices": devices,
+                                                   "mesh.model": model, "model.width": 32})
+        if name == "tensor_fsdp":
+            config.param_sharding = "fsdp"
+        state = trainer.train_and_evaluate(config, str(tmp_path / name))
+        runs[name] = (state, logged(tmp_path / name))
+    for name in ("tensor", "tensor_fsdp"):
+        specs = [x.sharding.spec for x in jax.tree.leaves(runs[name][0].params)]
+        assert any("model" in spec for spec in specs), name
+        np.testing.assert_allclose([runs[name][1][s] for s in (1, 2)],
+                                   [runs["one"][1][s] for s in (1, 2)], rtol=2e-5)
+    assert any(spec == PartitionSpec(None, "data", "model")
+               for spec in (x.sharding.spec for x in jax.tree.leaves(runs["tensor_fsdp"][0].params)))
+
+
+def test_every_validated_state_is_saved_with_its_metrics_and_the_best_is_kept(tfds_dir, tmp_path):
+    config = tiny_config(tfds_dir, steps=7)
+    config.eval_every, config.checkpoint_every, config.image_every = 2, 3, 0
+    config.keep_checkpoints = 10
+    config.best_metric, config.best_mode = "loss/loss", "min"
+    trainer.train_and_evaluate(config, str(tmp_path))
+    loss = logged(tmp_path, "validation/loss/loss")
+    assert sorted(loss) == [2, 4, 6, 7]
+    manager = checkpoints.create_manager(tmp_path / "checkpoints", 3, 1, "loss/loss", "min",
+                                         read_only=True)
+    # Validated steps are saved with their metrics (eval_every and checkpoint_every need not
+    # divide each other); the interval's step 3 has none.
+    assert sorted(manager.all_steps()) == [2, 3, 4, 6, 7]
+    for step in (2, 4, 6, 7):
+        assert manager.metrics(step)["loss/loss"] == pytest.approx(loss[step])
+    assert manager.metrics(3) is None
+    assert manager.best_step() == min(loss, key=loss.get)
+
+
+def test_resume_refuses_a_config_that_changes_the_data_stream_or_the_model(tfds_dir, tmp_path):
+    trainer.train_and_evaluate(tiny_config(tfds_dir, steps=3), str(tmp_path))
+    for key, value, field in (("batch_size", 4, "batch_size"), ("seed", 1, "seed"),
+                              ("model.width", 32, "model.width")):
+        with pytest.raises(trainer.app.UserError) as e:
+            trainer.train_and_evaluate(tiny_config(tfds_dir, steps=4, **{key: value}),
+                                       str(tmp_path))
+        assert str(e.value) == (f"{tmp_path} holds a run whose config differs in {field}: "
+                                "resuming would change its data stream or model. Use another "
+                                "--workdir, or --allow_config_change to resume anyway")
+    # Extending the run is fine; so is forcing a change on purpose.
+    assert int(trainer.train_and_evaluate(tiny_config(tfds_dir, steps=4), str(tmp_path)).step) == 4
+    forced = trainer.train_and_evaluate(tiny_config(tfds_dir, steps=5, batch_size=16),
+                                        str(tmp_path), allow_config_change=True)
+    assert int(forced.step) == 5
+
+
+def test_resume_refuses_a_source_whose_files_changed(tmp_path):
+    import conftest  # pylint: disable=g-import-not-at-top
+    source = conftest.write_musicnet(tmp_path / "src", with_audio=False)
+    config = tiny_config(str(tmp_path / "tfds"), steps=2)
+    config.data.source = str(source)
+    config.data.split_scheme = "hash"
+    config.data.validation_fraction = 0.5
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    labels = source / "musicnet/train_labels/1727.csv"
+    labels.write_text(labels.read_text() + "440000,441000,1,100,99.0,0.5,Quarter\n")
+    config.num_train_steps = 3
+    with pytest.raises(trainer.app.UserError, match="the source files or data options changed"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))

@@ -105,7 +105,7 @@ def main(argv):
     del argv
     from musicflax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     from musicflax.eval import context, evaluators  # pylint: disable=g-import-not-at-top
-    from musicflax.train import codes, run  # pylint: disable=g-import-not-at-top
+    from musicflax.train import identity, run  # pylint: disable=g-import-not-at-top
 
     eval_config = _CONFIG.value
     evaluators.check(eval_config.evals)
@@ -133,7 +133,7 @@ def main(argv):
     report = {
         "workdir": str(workdir), "step": step, "split": _SPLIT.value,
         "data": input_pipeline.dataset_record(builder),
-        "config_hash": codes.config_hash(config), "seed": eval_config.seed,
+        "config_hash": identity.config_hash(config), "seed": eval_config.seed,
         "representation": data.representation, "frame_rate": data.frame_rate,
         "sample_rate": data.sample_rate if data.representation == "waveform" else None,
         "window_frames": windows.window, "window_seconds": windows.window / data.frame_rate,

@@ -25,11 +25,15 @@ def create_manager(directory: epath.PathLike, save_every: int, keep: int,
     the trainer forces a save at the end of a run and when it is told to stop.
     """
     preserve = [policies.LatestN(keep)]
+    best = {}
     if best_metric:
         sign = 1.0 if best_mode == "max" else -1.0
         preserve.append(policies.BestN(get_metric_fn=lambda m: sign * float(m[best_metric]), n=1,
                                        keep_checkpoints_without_metrics=False))
+        # Orbax writes the metrics given to save() only when best_fn is set.
+        best = dict(best_fn=lambda m: float(m[best_metric]), best_mode=best_mode)
     options = ocp.CheckpointManagerOptions(
+        **best,
         # A policy of our own replaces Orbax's default one: keep its preemption part.
         save_decision_policy=policies.AnySavePolicy([
             policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]),

@@ -13,7 +13,6 @@ time order (the encoder is convolutional, so this is what it sees in training).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Mapping
 
@@ -24,6 +23,7 @@ from absl import logging
 from etils import epath
 
 from musicflax.data import input_pipeline
+from musicflax.train import identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +43,6 @@ class CodeSet:
         return [self.codes[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
 
 
-def config_hash(config: ml_collections.ConfigDict) -> str:
-    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
-
-
 def encode_split(vqvae_run, split: str, level: int = 0,
                  data: ml_collections.ConfigDict | None = None,
                  batch_size: int = 64) -> CodeSet:
@@ -60,7 +56,7 @@ def encode_split(vqvae_run, split: str, level: int = 0,
     builder = input_pipeline.get_builder(data_cfg)
     windows = input_pipeline.create_windows(data_cfg, split, train=False, builder=builder)
     fingerprint = {
-        "vqvae_config": config_hash(config), "step": step, "level": level, "split": split,
+        "vqvae_config": identity.config_hash(config), "step": step, "level": level, "split": split,
         "window": windows.window, "dataset": builder.info.metadata["fingerprint"],
         "ids": windows.data.ids.tolist(),
     }

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from musicflax import app
-from musicflax.train import checkpoints, codes, sharding
+from musicflax.train import checkpoints, identity, sharding
 from musicflax.train.prior_task import PriorTask
 from musicflax.train.task import Task
 from musicflax.train.vqvae_task import VQVAETask
@@ -59,22 +59,30 @@ FSDP_MIN_SIZE = 2**10  # smaller arrays stay replicated: splitting them saves no
 
 
 def param_shardings(tree: Any, mesh: jax.sharding.Mesh, mode: str) -> Any:
-    """'replicated', or 'fsdp': each large array split along its largest dividing axis."""
-    if mode == "replicated":
-        return jax.tree.map(lambda _: sharding.replicated(mesh), tree)
-    if mode != "fsdp":
+    """How each array of the state is laid out on the (data, model) mesh.
+
+    With a model axis (mesh.model > 1) every large kernel is split along its output features
+    (its last axis) over that axis: tensor parallelism, which jit's sharding propagation turns
+    into split matmuls and convolutions with the collectives they need. Over the data axis,
+    arrays are replicated ('replicated') or each large one split along its largest remaining
+    dividing axis ('fsdp').
+    """
+    if mode not in ("replicated", "fsdp"):
         raise app.UserError(f"unknown param_sharding {mode!r} (replicated | fsdp)")
-    size = mesh.shape[sharding.DATA_AXIS]
+    data, model = mesh.shape[sharding.DATA_AXIS], mesh.shape[sharding.MODEL_AXIS]
 
     def rule(x):
+        spec = [None] * x.ndim
         if x.ndim == 0 or x.size < FSDP_MIN_SIZE:
             return sharding.replicated(mesh)
-        for axis in np.argsort(x.shape)[::-1]:
-            if x.shape[axis] % size == 0:
-                spec = [None] * x.ndim
-                spec[axis] = sharding.DATA_AXIS
-                return NamedSharding(mesh, P(*spec))
-        return sharding.replicated(mesh)
+        if model > 1 and x.ndim >= 2 and x.shape[-1] % model == 0:
+            spec[-1] = sharding.MODEL_AXIS
+        if mode == "fsdp":
+            for axis in np.argsort(x.shape)[::-1]:
+                if spec[axis] is None and x.shape[axis] % data == 0:
+                    spec[axis] = sharding.DATA_AXIS
+                    break
+        return NamedSharding(mesh, P(*spec))
     return jax.tree.map(rule, tree)
 
 
@@ -128,8 +136,9 @@ def create_task(config: ml_collections.ConfigDict) -> Task:
 
 
 def pin_vqvae(config: ml_collections.ConfigDict) -> None:
-    """Makes a prior config name its VQ-VAE exactly: absolute workdir, concrete step and the
-    hash of the VQ-VAE's config (in place; a fresh prior run saves what this pins)."""
+    """Makes a prior config name its VQ-VAE exactly (in place, where not yet pinned): the
+    workdir made absolute, step -1 replaced by the latest step, and the hash of the VQ-VAE's
+    config. A fresh prior run saves what this pins; `open_vqvae_of` holds the VQ-VAE to it."""
     settings = config.prior
     workdir = absolute(settings.vqvae_workdir)
     vqvae_config = load_config(workdir)
@@ -139,7 +148,8 @@ def pin_vqvae(config: ml_collections.ConfigDict) -> None:
         if step is None:
             raise app.UserError(f"{workdir}/checkpoints: no checkpoint to build a prior on")
     settings.vqvae_workdir, settings.vqvae_step = str(workdir), step
-    settings.vqvae_config_hash = codes.config_hash(vqvae_config)
+    if not settings.get("vqvae_config_hash"):
+        settings.vqvae_config_hash = identity.config_hash(vqvae_config)
 
 
 def open_vqvae_of(config: ml_collections.ConfigDict) -> Run:
@@ -148,9 +158,9 @@ def open_vqvae_of(config: ml_collections.ConfigDict) -> Run:
     if int(settings.vqvae_step) < 0 or not settings.get("vqvae_config_hash"):
         pin_vqvae(config)
     run = open_run(settings.vqvae_workdir, int(settings.vqvae_step))
-    if codes.config_hash(run.config) != settings.vqvae_config_hash:
+    if identity.config_hash(run.config) != settings.vqvae_config_hash:
         raise app.UserError(f"{settings.vqvae_workdir}/config.json changed since the prior was "
-                            f"trained on it (config hash {codes.config_hash(run.config)}, the "
+                            f"trained on it (config hash {identity.config_hash(run.config)}, the "
                             f"prior recorded {settings.vqvae_config_hash})")
     return run
 
@@ -182,33 +192,6 @@ def open_run(workdir: epath.PathLike, step: int | None = None,
     finally:
         manager.close()
     return Run(config, task, state, workdir, layout, mesh)
-
-
-# ---------------------------------------------------------------------------- resuming
-
-# Fields a resumed run may change: they extend or observe the run, or lay the same state out
-# on other devices, without changing its data stream or its model.
-RESUMABLE_CHANGES = ("num_train_steps", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints", "image_every", "image_windows", "mesh.", "distributed.",
-                     "param_sharding", "evals.", "data.tfds_data_dir", "data.num_threads",
-                     "data.prefetch")
-
-
-def _flat(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_changes(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
-    """Fields whose values differ and that a resumed run may not change."""
-    old, now = _flat(json.loads(saved.to_json())), _flat(json.loads(new.to_json()))
-    changed = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
-    return [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -40,7 +40,7 @@ from etils import epath
 from musicflax import app
 from musicflax.audio import plots
 from musicflax.eval import context as eval_context, evaluators
-from musicflax.train import checkpoints, run, sharding
+from musicflax.train import checkpoints, identity, run, sharding
 from musicflax.train.task import Task, process_shard
 
 
@@ -155,7 +155,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: epath.Path,
                 asked.vqvae_config_hash = saved.vqvae_config_hash
         run.pin_vqvae(config)
     if saved_path.exists():
-        changed = run.config_changes(run.load_config(workdir), config)
+        changed = identity.config_changes(run.load_config(workdir), config)
         if changed and not allow_config_change:
             raise app.UserError(
                 f"{workdir} holds a run whose config differs in {', '.join(changed[:8])}"
@@ -215,9 +215,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- sharded state init, or restore (same workdir = resume) ----------------------------
     init, state_sharding = run.state_layout(config, task, tx, mesh)
+    best_metric = config.get("best_metric") or task.best_metric
+    best_mode = config.get("best_mode") or task.best_mode
     manager = checkpoints.create_manager(workdir / "checkpoints", config.checkpoint_every,
-                                         config.keep_checkpoints, task.best_metric,
-                                         task.best_mode)
+                                         config.keep_checkpoints, best_metric, best_mode)
     rng = jax.random.PRNGKey(config.seed)
     abstract = checkpoints.abstract_like(jax.eval_shape(init, rng), state_sharding)
     try:
