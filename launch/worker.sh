@@ -103,6 +103,12 @@ trainer_pid() {
   else ps -p "$pid" -o args= 2>/dev/null; fi | grep -q 'musicflax\.train' || return 1
   echo "$pid"
 }
+# The `run` wrapper outlives its trainer until the log is copied to the workdir.
+wrapper_pid() {
+  local pid
+  pid=$(cat "$pidfile.run" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
 set_up() { [[ -f $marker && -d $dir/src ]] && { [[ -n $python ]] || [[ -x $py ]]; }; }
 
 # Copies between this host and the workdir (a gs:// URL or a path every host mounts).
@@ -191,7 +197,9 @@ do_setup() {
 do_check() {
   local line="musicflax-worker $id on $(hostname): setup=" pid
   if set_up; then line+=ok; else line+=missing; fi
-  if pid=$(trainer_pid); then line+=" trainer=running pid=$pid"; else line+=" trainer=stopped"; fi
+  if pid=$(trainer_pid); then line+=" trainer=running pid=$pid"
+  elif pid=$(wrapper_pid); then line+=" trainer=running pid=$pid (copying its log)"
+  else line+=" trainer=stopped"; fi
   echo "$line"
   if ((heartbeat)) && [[ -n $workdir ]]; then
     local hb; hb=$(cat_workdir heartbeat.json | tr -d '\n') || hb=""
@@ -270,6 +278,7 @@ do_run() {
   "${train[@]}" >> "$log" 2>&1 < /dev/null &
   local pid=$! rc
   echo "$pid" > "$pidfile"
+  echo "$$" > "$pidfile.run"
   trap 'kill -TERM $pid 2>/dev/null' TERM INT HUP
   sync_log() { [[ -z $workdir ]] || put "$log" "$workdir/logs/$name.log" || true; }
   ( while kill -0 "$pid" 2>/dev/null; do
@@ -284,6 +293,7 @@ do_run() {
   kill "$syncer" 2>/dev/null || true
   echo "=== $(date '+%F %T') $name: trainer exited with status $rc" >> "$log"
   sync_log
+  rm -f "$pidfile.run"
   exit "$rc"
 }
 

@@ -174,7 +174,11 @@ def open_run(workdir: epath.PathLike, step: int | None = None,
     config = config or load_config(workdir)
     if not (workdir / "checkpoints").exists():
         raise app.UserError(f"{workdir}/checkpoints: no checkpoint folder")
-    available = checkpoints.all_steps(workdir / "checkpoints")
+    try:
+        available = checkpoints.all_steps(workdir / "checkpoints")
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise app.UserError(f"{workdir}/checkpoints: unreadable checkpoints "
+                            f"({str(e).splitlines()[0][:200]})") from None
     if not available:
         raise app.UserError(f"{workdir}/checkpoints: no checkpoint to load")
     if step is not None and step not in available:
@@ -183,8 +187,8 @@ def open_run(workdir: epath.PathLike, step: int | None = None,
     tx, _ = make_optimizer(config.optim, config.num_train_steps)
     mesh = sharding.make_mesh(1, devices or jax.local_devices()[:1])
     init, layout = state_layout(config, task, tx, mesh)
-    manager = checkpoints.create_manager(workdir / "checkpoints", 1, 1, read_only=True)
     abstract = checkpoints.abstract_like(jax.eval_shape(init, jax.random.PRNGKey(0)), layout)
+    manager = checkpoints.create_manager(workdir / "checkpoints", 1, 1, read_only=True)
     try:
         state = checkpoints.restore(manager, abstract, step)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
