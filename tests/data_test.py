@@ -16,7 +16,7 @@ from scipy.io import wavfile
 import conftest
 from configs import default as default_config
 from musicflax.audio import midi
-from musicflax.data import input_pipeline, musicnet, splits, tfds_musicnet, windows
+from musicflax.data import input_pipeline, instruments, musicnet, splits, tfds_musicnet, windows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,7 +217,7 @@ def test_pianoroll_windows_match_the_reference_roll(one_note_source, tmp_path):
     cfg = data_config(one_note_source, tmp_path / "tfds", frame_rate=10.0, window_frames=20,
                       eval_hop_frames=5)
     win = input_pipeline.create_windows(cfg, "train")
-    groups = windows.InstrumentGroups.parse(cfg.instrument_groups)
+    groups = instruments.InstrumentGroups.parse(cfg.instrument_groups)
     roll_ref, onset_ref = midi.notes_to_roll(np.array([2.0, 4.0]), np.array([3.0, 4.5]),
                                              np.array([69, 60]), np.array([41, 1]), 10.0, 120,
                                              groups.group_of())
@@ -320,9 +320,9 @@ def test_eval_covers_every_window_once_with_a_mask(sample_windows):
 
 def test_bad_instrument_groups_are_rejected():
     with pytest.raises(ValueError, match="not 1-based General MIDI programs"):
-        windows.InstrumentGroups.parse("a:1,0")
+        instruments.InstrumentGroups.parse("a:1,0")
     with pytest.raises(ValueError, match="twice"):
-        windows.InstrumentGroups.parse("a:1;b:1")
+        instruments.InstrumentGroups.parse("a:1;b:1")
 
 
 def test_builder_config_names_say_how_the_data_was_made(tiny_musicnet, tmp_path):

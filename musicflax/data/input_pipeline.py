@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from musicflax.data import musicnet, splits, tfds_musicnet, windows
+from musicflax.data import instruments, musicnet, splits, tfds_musicnet, windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,7 @@ def load_split(cfg: ml_collections.ConfigDict, split: str,
                builder: tfds_musicnet.MusicNet | None = None) -> windows.SplitData:
     """Reads one split of the TFDS dataset into memory as note events (+ PCM16 audio)."""
     builder = builder or get_builder(cfg)
-    groups = windows.InstrumentGroups.parse(cfg.instrument_groups)
+    groups = instruments.InstrumentGroups.parse(cfg.instrument_groups)
     group_of = groups.group_of()
     vocab = {k: list(builder.info.metadata[k]) for k in ("composers", "ensembles")}
     ids, composer, ensemble, num_frames, audio, offsets = [], [], [], [], [], []
@@ -249,7 +249,7 @@ class Windows(TableStream):
 
     def __init__(self, cfg: ml_collections.ConfigDict, data: windows.SplitData, train: bool):
         self.cfg, self.data = cfg, data
-        self.groups = windows.InstrumentGroups.parse(cfg.instrument_groups)
+        self.groups = instruments.InstrumentGroups.parse(cfg.instrument_groups)
         self.window = frames_per_window(cfg)
         self.hop = int(cfg.train_hop_frames if train else cfg.eval_hop_frames or self.window)
         self.num_frames = data.num_frames

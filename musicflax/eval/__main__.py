@@ -46,7 +46,7 @@ def data_for_eval(trained: ml_collections.ConfigDict,
     Windows must look as the model was trained on: the representation, rates and window
     length cannot be overridden, and other instrument groups must keep the channel count.
     """
-    from musicflax.data import musicnet, windows  # pylint: disable=g-import-not-at-top
+    from musicflax.data import instruments, musicnet  # pylint: disable=g-import-not-at-top
     data = ml_collections.ConfigDict(trained.to_dict())
     for key, value in (overrides or {}).items():
         if not value:  # empty: as trained
@@ -55,8 +55,8 @@ def data_for_eval(trained: ml_collections.ConfigDict,
             raise musicnet.DataError(f"data.{key} cannot change at evaluation: the checkpoint "
                                      f"was trained with data.{key}={trained.get(key)!r}")
         data[key] = value
-    before = windows.InstrumentGroups.parse(trained.instrument_groups)
-    after = windows.InstrumentGroups.parse(data.instrument_groups)
+    before = instruments.InstrumentGroups.parse(trained.instrument_groups)
+    after = instruments.InstrumentGroups.parse(data.instrument_groups)
     if len(after.names) != len(before.names):
         raise musicnet.DataError(f"data.instrument_groups={data.instrument_groups!r} has "
                                  f"{len(after.names)} groups; the model was trained on "

@@ -14,43 +14,20 @@ import json
 import os
 from typing import Any, Callable, Iterable, Iterator
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from musicflax import app
 from musicflax.train import checkpoints, identity, sharding
+from musicflax.train.step import TrainState, make_optimizer
 from musicflax.train.prior_task import PriorTask
 from musicflax.train.task import Task
 from musicflax.train.vqvae_task import VQVAETask
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    model_state: Any  # non-parameter collections, e.g. the VQ codebook and its EMA counts
-    rng: jax.Array    # base key; the key of step s is fold_in(rng, s)
-
-
-# ---------------------------------------------------------------------------- optimizer
-
-def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int):
-    """(AdamW with linear warmup + cosine decay and global-norm clipping, its schedule)."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-        decay_steps=max(num_steps, cfg.warmup_steps + 1),
-        end_value=cfg.learning_rate * cfg.end_lr_factor)
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
-                                   weight_decay=cfg.weight_decay)), schedule
 
 
 # ---------------------------------------------------------------------------- shardings

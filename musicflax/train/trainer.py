@@ -40,36 +40,12 @@ from etils import epath
 from musicflax import app
 from musicflax.audio import plots
 from musicflax.eval import context as eval_context, evaluators
-from musicflax.train import checkpoints, identity, run, sharding
+from musicflax.train import checkpoints, identity, run, sharding, step as step_lib
 from musicflax.train.task import Task, process_shard
 
 
 class NonFiniteLossError(app.UserError):
     """The loss became NaN/inf; the message says which step and which checkpoint is intact."""
-
-
-# ---------------------------------------------------------------------------- steps
-
-def make_train_step(task: Task, tx: optax.GradientTransformation) -> Callable:
-    def train_step(state: run.TrainState, batch: dict) -> tuple[run.TrainState, dict]:
-        rng = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params):
-            return task.loss(params, state.model_state, batch, rng, train=True)
-
-        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
-        candidate = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  model_state=model_state)
-        # On a bad step keep the old state (the loop stops soon after) so nothing bad is saved.
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate, state)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-                   "nonfinite": ~finite}
-        return new_state, metrics
-    return train_step
 
 
 # ---------------------------------------------------------------------------- loop helpers
@@ -193,7 +169,7 @@ def headline(key: str) -> bool:
 # ---------------------------------------------------------------------------- main loop
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False) -> run.TrainState:
+                       allow_config_change: bool = False) -> step_lib.TrainState:
     """Trains (or resumes) the configured task in `workdir`; returns the final state."""
     workdir = run.absolute(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if global_batch % mesh.shape[sharding.DATA_AXIS]:
         raise app.UserError(f"batch_size {global_batch} does not divide over "
                             f"{mesh.shape[sharding.DATA_AXIS]} data-parallel devices")
-    tx, schedule = run.make_optimizer(config.optim, config.num_train_steps)
+    tx, schedule = step_lib.make_optimizer(config.optim, config.num_train_steps)
 
     # -- sharded state init, or restore (same workdir = resume) ----------------------------
     init, state_sharding = run.state_layout(config, task, tx, mesh)
@@ -233,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start_step = int(state.step)
 
     batch_sharding = sharding.batch_sharding(mesh)
-    train_step = jax.jit(make_train_step(task, tx), in_shardings=(state_sharding, batch_sharding),
+    train_step = jax.jit(step_lib.make_train_step(task, tx), in_shardings=(state_sharding, batch_sharding),
                          out_shardings=(state_sharding, None), donate_argnums=(0,))
     runner = run.Runner(mesh, state_sharding)
 

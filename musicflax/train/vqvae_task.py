@@ -1,42 +1,22 @@
 """Stage one: a VQ-VAE reconstructs piano-roll or waveform windows through discrete codes.
 
-Piano-roll models see and reconstruct the roll and its onsets side by side (2C channels), so
-repeated notes, which the roll alone cannot show, survive the round trip.
+The model's pure parts are musicflax.train.vqvae_model; the task adds its data: the TFDS
+dataset of `config.data`, the windows of each split and the batches of a step range.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from musicflax.audio import midi, plots
-from musicflax.data import input_pipeline, windows
-from musicflax.models import losses, metrics, vqvae
+from musicflax.data import input_pipeline
 from musicflax.train.task import Task, process_shard
+from musicflax.train.vqvae_model import VQVAEModel
 
 
-class VQVAETask(Task):
+class VQVAETask(VQVAEModel, Task):
     """A VQ-VAE over the windows of `config.data`."""
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
-        self.representation = config.data.representation
-        self.groups = windows.InstrumentGroups.parse(config.data.instrument_groups)
-        self.num_channels = self.groups.num_channels
-        self.model = vqvae.vqvae_from_config(
-            config.model, 2 * self.num_channels if self.representation == "pianoroll" else 1)
-        quantizer = config.model.quantizer
-        self.codebook_size = quantizer.codebook_size if quantizer.type == "ema_vq" else \
-            math.prod(quantizer.fsq_levels)
-        if self.representation == "pianoroll":
-            self.best_metric, self.best_mode = "reconstruction/note_onset_f1", "max"
-        else:
-            self.best_metric, self.best_mode = "loss/loss", "min"
 
     # Data loads on first use, so that loading a checkpoint to sample from is cheap.
     @functools.cached_property
@@ -55,122 +35,9 @@ class VQVAETask(Task):
     def data_record(self) -> dict:
         return input_pipeline.dataset_record(self.builder)
 
-    @property
-    def frame_rate(self) -> float:
-        return float(self.config.data.frame_rate)
-
-    def codes_per_second(self, level: int) -> float:
-        """Codes per second of music at a level: the input rate over the level's hop."""
-        rate = self.frame_rate if self.representation == "pianoroll" else \
-            float(self.config.data.sample_rate)
-        return rate / self.model.hops[level]
-
-    # -- model ---------------------------------------------------------------------------
-    def model_inputs(self, batch) -> jax.Array:
-        if self.representation == "pianoroll":
-            return jnp.concatenate([batch["inputs"], batch["onsets"]], -1).astype(jnp.float32)
-        return batch["inputs"].astype(jnp.float32)
-
-    def _example(self) -> jax.Array:
-        if self.representation == "pianoroll":
-            window = input_pipeline.frames_per_window(self.config.data)
-            return jnp.zeros((1, window, 2 * self.num_channels))
-        return jnp.zeros((1, int(self.config.data.window_samples), 1))
-
-    def init(self, rng):
-        params_rng, restart_rng = jax.random.split(rng)
-        variables = self.model.init({"params": params_rng, "restart": restart_rng},
-                                    self._example(), train=False)
-        params = variables.pop("params")
-        return params, dict(variables)
-
-    def _apply(self, params, model_state, batch, rng, train: bool):
-        variables = {"params": params, **model_state}
-        if train:
-            (outputs, aux), updated = self.model.apply(
-                variables, self.model_inputs(batch), train=True, rngs={"restart": rng},
-                mutable=list(model_state))
-            return outputs, aux, dict(updated)
-        outputs, aux = self.model.apply(variables, self.model_inputs(batch), train=False)
-        return outputs, aux, model_state
-
-    def _targets(self, batch) -> dict:
-        if self.representation == "pianoroll":
-            # The second half of the channels holds the onsets.
-            return {"inputs": self.model_inputs(batch),
-                    "onset_channels": jnp.arange(2 * self.num_channels) >= self.num_channels}
-        return {"inputs": batch["inputs"].astype(jnp.float32)}
-
-    def loss(self, params, model_state, batch, rng, train: bool):
-        outputs, aux, new_state = self._apply(params, model_state, batch, rng, train)
-        loss, parts = losses.vqvae_loss(outputs, self._targets(batch), aux, self.config.model)
-        return loss, (parts, new_state)
-
-    # -- evaluation ------------------------------------------------------------------------
-    def predicted_rolls(self, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(roll, onsets) booleans from piano-roll logits [B, T, 2C]: the roll where a note is
-        more likely on than off, onsets peak-picked from the onset channels."""
-        c, decode = self.num_channels, self.config.decode
-        onsets = metrics.pick_onsets(logits[..., c:], decode.onset_radius,
-                                     decode.onset_threshold)
-        return logits[..., :c] > 0, onsets
-
-    def read_notes(self, roll: np.ndarray, onsets: np.ndarray) -> dict[str, np.ndarray]:
-        """Notes from a predicted roll and onsets [T, C], the way every output is read back
-        (`config.decode`; see midi.roll_to_notes): start/end (s), pitch, instrument."""
-        return midi.roll_to_notes(roll, self.frame_rate, self.groups.programs, onsets=onsets,
-                                  max_gap=int(self.config.decode.get("max_gap_frames", 0)))
-
-    def eval_outputs(self, params, model_state, batch) -> dict:
-        """Per window: the losses, and per level the codes, the mean latent ("pooled"), and
-        the predicted roll and onsets with their in-jit counts (piano-rolls) or the
-        reconstructed wave and the latents per code (waveforms)."""
-        outputs, aux, _ = self._apply(params, model_state, batch, None, train=False)
-        loss, parts = losses.window_losses(outputs, self._targets(batch), aux,
-                                           self.config.model)
-        out = {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}}
-        tolerance = metrics.onset_tolerance_frames(self.frame_rate)
-        for level, (output, codes, latents) in enumerate(zip(outputs, aux["codes"],
-                                                              aux["latents"])):
-            out[f"codes{level}"] = codes
-            out[f"pooled{level}"] = jnp.mean(latents, axis=1)
-            if self.representation == "pianoroll":
-                roll, onsets = self.predicted_rolls(output)
-                out[f"roll{level}"], out[f"onsets{level}"] = roll, onsets
-                for name, counts in (("frame", metrics.frame_counts(roll, batch["inputs"])),
-                                     ("onset", metrics.onset_counts(onsets, batch["onsets"],
-                                                                    tolerance))):
-                    out.update({f"{name}_{k}{level}": v for k, v in counts.items()})
-            else:
-                out[f"recon{level}"] = output[..., 0]
-                out[f"latents{level}"] = latents
-        return out
-
-    # -- images ----------------------------------------------------------------------------
     def image_batch(self) -> dict[str, np.ndarray]:
         first = next(iter(self.windows("validation").eval_dataset(self.config.image_windows)))
         return {k: np.asarray(v) for k, v in first.items()}
-
-    def image_outputs(self, params, model_state, batch) -> dict:
-        outputs, _, _ = self._apply(params, model_state, batch, None, train=False)
-        return {"recon": outputs[0]}
-
-    def render_images(self, batch, outputs, step: int) -> np.ndarray:
-        """Original vs reconstruction of each window of the batch, stacked."""
-        images = []
-        for i in range(len(batch["recording_id"])):
-            title = (f"step {step}: recording {batch['recording_id'][i]} at "
-                     f"{batch['start_time'][i]:.1f} s")
-            recon = outputs["recon"][i]
-            if self.representation == "pianoroll":
-                probs = 1 / (1 + np.exp(-recon[:, :self.num_channels]))
-                images.append(plots.render_roll_comparison(
-                    batch["inputs"][i], probs, self.frame_rate, title, self.groups.names))
-            else:
-                images.append(plots.render_spectrogram_comparison(
-                    batch["inputs"][i, :, 0], recon[:, 0], int(self.config.data.sample_rate),
-                    title))
-        return np.concatenate(images, axis=0)
 
     # -- data ------------------------------------------------------------------------------
     def train_batches(self, start_step: int):
