@@ -1,7 +1,7 @@
 """Prior sampling speed: codes/s with and without the KV cache, on this machine.
 
     python benchmarks/sampling.py
-    python benchmarks/sampling.py --codes_per_second=15.625 --uncached_codes=4
+    python benchmarks/sampling.py --vqvae_config=configs/waveform.py --level=1 --uncached_codes=4
 
 A small prior (4 layers, 4 heads of 64, MLP 1024, K = 512, composer + ensemble conditioning,
 random parameters: only speed matters) at contexts 256 and 1024, batch 1 and 16. Each path
@@ -11,8 +11,9 @@ the whole preallocated cache, masked; the uncached step runs the forward pass ov
 window), so codes/s from a short run is the rate over a full context: the uncached path times
 only --uncached_codes codes and its rate is extrapolated per code from them. Target:
 cached >= 20x uncached at context 1024. "x real time" is seconds of music per second of
-sampling (all samples of the batch together) at --codes_per_second codes per second of music
-(the default piano-roll VQ-VAE: 31.25 frames/s at hop 2 gives 15.625).
+sampling (all samples of the batch together) at the codes per second of music of the VQ-VAE
+of --vqvae_config at --level (its input rate over that level's hop: 31.25 codes/s for the
+default piano-roll model at hop 1).
 """
 
 from __future__ import annotations
@@ -24,17 +25,20 @@ import time
 from absl import app, flags
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from musicflax.models import prior  # noqa: E402
+from musicflax.train.vqvae_model import VQVAEModel  # noqa: E402
 
 _CONTEXTS = flags.DEFINE_list("contexts", ["256", "1024"], "context lengths (max_len)")
 _BATCHES = flags.DEFINE_list("batches", ["1", "16"], "numbers of samples drawn together")
 _CACHED_CODES = flags.DEFINE_integer("cached_codes", 128, "codes timed on the cached path")
 _UNCACHED_CODES = flags.DEFINE_integer("uncached_codes", 3, "codes timed on the uncached path")
-_CODES_PER_SECOND = flags.DEFINE_float("codes_per_second", 31.25 / 2,
-                                       "codes per second of music, for the real-time factor")
+_VQVAE = config_flags.DEFINE_config_file("vqvae_config", "configs/default.py",
+                                         "The VQ-VAE whose codes the prior models.")
+_LEVEL = flags.DEFINE_integer("level", 0, "Its level the prior models.")
 
 TARGET_SPEEDUP = 20
 
@@ -60,6 +64,7 @@ def codes_per_second(model, params, batch: int, codes: int, cached: bool) -> flo
 
 def main(argv):
     del argv
+    real_rate = VQVAEModel(_VQVAE.value).codes_per_second(_LEVEL.value)
     rows = []
     for context in map(int, _CONTEXTS.value):
         model = prior.prior_from_config(benchmark_config(context))
@@ -79,10 +84,10 @@ def main(argv):
           f"{'x real time':>13}")
     for context, batch, cached, uncached in rows:
         print(f"{context:>8}{batch:>7}{cached:>12,.1f}{uncached:>12,.1f}{cached / uncached:>9.1f}x"
-              f"{cached / _CODES_PER_SECOND.value:>13.1f}")
+              f"{cached / real_rate:>13.1f}")
     print(f"(codes/s summed over the batch; {os.cpu_count()} CPUs; cached: "
           f"min({_CACHED_CODES.value}, context) codes timed, uncached: {_UNCACHED_CODES.value}; "
-          f"real time at {_CODES_PER_SECOND.value:g} codes per second of music; target speed-up "
+          f"real time at {real_rate:g} codes per second of music; target speed-up "
           f">= {TARGET_SPEEDUP}x at context 1024)")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from scipy.io import wavfile
 
 import conftest
 from configs import default as default_config
-from musicflax.data import input_pipeline, musicnet, splits, tfds_musicnet
+from musicflax.data import input_pipeline, musicnet, splits
 
 REPO = Path(__file__).resolve().parents[1]
 

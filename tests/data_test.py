@@ -16,7 +16,7 @@ from scipy.io import wavfile
 import conftest
 from configs import default as default_config
 from musicflax.audio import midi
-from musicflax.data import input_pipeline, instruments, musicnet, splits, tfds_musicnet, windows
+from musicflax.data import input_pipeline, instruments, musicnet, splits, tfds_musicnet
 
 REPO = Path(__file__).resolve().parents[1]
 

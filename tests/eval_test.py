@@ -131,7 +131,7 @@ def test_codebook_numbers_are_those_of_the_split_codes(runs, report):
 
 def test_note_scores_are_recomputed_from_the_written_label_files(runs, report):
     import mir_eval  # pylint: disable=g-import-not-at-top
-    from musicflax.data import input_pipeline, musicnet  # pylint: disable=g-import-not-at-top
+    from musicflax.data import musicnet  # pylint: disable=g-import-not-at-top
     from musicflax.train import run  # pylint: disable=g-import-not-at-top
     root, _ = runs
     report, out = report

@@ -8,11 +8,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import optax
 import pytest
 
-from musicflax.models import losses, quantizers, vqvae
+from musicflax.models import layers, losses, quantizers, vqvae
 
 PIANOROLL = (2, 128, 32)
 WAVEFORM = (2, 1024, 1)
@@ -440,3 +441,41 @@ def test_jukebox_config_builds_the_published_model():
     assert model.hops == (8, 32, 128)
     assert (config.quantizer.codebook_size, config.quantizer.code_dim) == (2048, 64)
     assert config.output == "waveform" and config.loss.spectral_weight > 0
+
+
+# ---------------------------------------------------------------------------- upsampling
+
+@pytest.mark.parametrize("stride, kernel", [(1, 2), (2, 4), (3, 6), (4, 8), (2, 3), (3, 2)])
+def test_sub_pixel_transposed_conv_is_flax_conv_transpose(stride, kernel):
+    x = normal((2, 7, 5))
+    reference = nn.ConvTranspose(6, (kernel,), strides=(stride,), padding="SAME")
+    variables = reference.init(jax.random.key(1), x)
+    ours = layers.SubPixelConvTranspose(6, kernel, stride)
+    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x),
+                               atol=1e-5)
+    grads = [jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x))))(variables)
+             for m in (ours, reference)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), *grads)
+
+
+def test_the_decoder_reads_checkpoints_of_the_conv_transpose_decoder():
+    """Same parameter tree and the same outputs as the decoder built on nn.ConvTranspose."""
+    class OldDecoder(layers._Tower):  # the decoder as it was, upsampling with nn.ConvTranspose
+        @nn.compact
+        def __call__(self, z):
+            x = nn.Conv(self.width, (3,))(z)
+            for stride in reversed(self.strides):
+                x = self.stack(reverse=True)(x)
+                x = nn.ConvTranspose(self.width, (2 * stride,), strides=(stride,),
+                                     padding="SAME")(x)
+            return nn.Conv(self.out_dim, (3,))(x)
+
+    fields = dict(width=8, depth=2, dilation_growth=3, dilation_cycle=2, strides=(2, 2, 2),
+                  out_dim=5)
+    z = normal((2, 4, 3))
+    old_variables = OldDecoder(**fields).init(jax.random.key(0), z)
+    new = layers.Decoder(**fields)
+    assert jax.tree.map(jnp.shape, new.init(jax.random.key(0), z)) == \
+        jax.tree.map(jnp.shape, old_variables)
+    np.testing.assert_allclose(new.apply(old_variables, z),
+                               OldDecoder(**fields).apply(old_variables, z), atol=1e-5)

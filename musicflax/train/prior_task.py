@@ -1,27 +1,24 @@
 """Stage two: a transformer prior over one level's codes of a trained VQ-VAE.
 
-The task is handed its VQ-VAE run (opened by musicflax.train.run at the step the prior is
-pinned to); the VQ-VAE's codes are encoded once and cached (musicflax.train.codes).
+The model's pure parts are musicflax.train.prior_model. The task is handed its VQ-VAE run
+(opened by musicflax.train.run at the step the prior is pinned to); the VQ-VAE's codes are
+encoded once and cached (musicflax.train.codes).
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from musicflax.data import input_pipeline
-from musicflax.models import prior
 from musicflax.train import codes
+from musicflax.train.prior_model import PriorModel
 from musicflax.train.task import Task, process_shard
 
 
-class PriorTask(Task):
+class PriorTask(PriorModel, Task):
     """A prior over the codes of `vqvae_run` at level `config.prior.level`."""
-
-    best_metric = "prior/bits_per_code"
-    best_mode = "min"
 
     def __init__(self, config: ml_collections.ConfigDict, vqvae_run):
         self.config = config
@@ -31,12 +28,8 @@ class PriorTask(Task):
         self.train_codes = self.codes("train")
         self.vocab = self.train_codes.vocab
         self.codes_per_second = self.train_codes.codes_per_second
-        model_config = ml_collections.ConfigDict(config.model.to_dict())
-        model_config.update(vocab_size=self.train_codes.codebook_size,
-                            num_composers=len(self.vocab["composers"]),
-                            num_ensembles=len(self.vocab["ensembles"]))
-        self.model = prior.prior_from_config(model_config)
-        self.length = int(config.model.max_len)
+        super().__init__(config, self.train_codes.codebook_size, len(self.vocab["composers"]),
+                         len(self.vocab["ensembles"]))
 
     def codes(self, split: str, data: ml_collections.ConfigDict | None = None) -> codes.CodeSet:
         """The VQ-VAE's codes of a split (of its own data, or of `data`), loaded once."""
@@ -52,38 +45,12 @@ class PriorTask(Task):
         return {"codes_of": str(self.vqvae.workdir), "vqvae_step": int(self.vqvae.state.step),
                 "level": self.level, **self.vqvae.task.data_record()}
 
-    # -- model ---------------------------------------------------------------------------
-    def init(self, rng):
-        tokens = jnp.zeros((1, self.length), jnp.int32)
-        ids = jnp.zeros((1,), jnp.int32)
-        return self.model.init({"params": rng}, tokens, ids, ids, train=False)["params"], {}
-
-    def _logits(self, params, batch, rng, train: bool):
-        rngs = {"dropout": rng} if train else {}
-        return self.model.apply({"params": params}, batch["codes"], batch["composer"],
-                                batch["ensemble"], train=train, rngs=rngs)
-
-    def loss(self, params, model_state, batch, rng, train: bool):
-        logits = self._logits(params, batch, rng, train)
-        loss, parts = prior.prior_loss(logits, batch["codes"])
-        return loss, (parts, model_state)
-
     # -- evaluation ------------------------------------------------------------------------
     def eval_windows(self, split: str, codeset: codes.CodeSet | None = None
                      ) -> input_pipeline.CodeWindows:
         """Non-overlapping windows of `max_len` codes over a split's code sequences."""
         return input_pipeline.CodeWindows(codeset or self.codes(split), self.length,
                                           self.length, train=False)
-
-    def eval_outputs(self, params, model_state, batch) -> dict:
-        """Per window: summed negative log-likelihood (nats), correct top-1 guesses, codes."""
-        del model_state
-        logits = self._logits(params, batch, None, False)
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["codes"][..., None],
-                                   axis=-1)[..., 0]
-        correct = (jnp.argmax(logits, -1) == batch["codes"]).astype(jnp.float32)
-        return {"nll": jnp.sum(nll, axis=1), "correct": jnp.sum(correct, axis=1),
-                "codes": jnp.full(nll.shape[:1], nll.shape[1], jnp.float32)}
 
     def decode(self, code_batch: np.ndarray) -> list[dict]:
         """Codes [N, L] -> per sample a dict: roll/onsets (piano-roll) or wave (waveform)."""

@@ -26,13 +26,10 @@ import os
 import signal
 import socket
 import time
-from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers
 from etils import epath

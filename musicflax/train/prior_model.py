@@ -1,0 +1,52 @@
+"""The prior stage's pure parts: the transformer of a config over a codebook of K codes, its
+loss and its per-window outputs for the evaluators. Plain JAX (no data pipeline), so a train
+step can be built and timed from a config alone; musicflax.train.prior_task adds the codes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from musicflax.models import prior
+
+
+class PriorModel:
+    """A prior over `vocab_size` codes, conditioned on composer and ensemble ids."""
+
+    best_metric = "prior/bits_per_code"
+    best_mode = "min"
+
+    def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, num_composers: int,
+                 num_ensembles: int):
+        self.config = config
+        model_config = ml_collections.ConfigDict(config.model.to_dict())
+        model_config.update(vocab_size=vocab_size, num_composers=num_composers,
+                            num_ensembles=num_ensembles)
+        self.model = prior.prior_from_config(model_config)
+        self.length = int(config.model.max_len)
+
+    def init(self, rng):
+        tokens = jnp.zeros((1, self.length), jnp.int32)
+        ids = jnp.zeros((1,), jnp.int32)
+        return self.model.init({"params": rng}, tokens, ids, ids, train=False)["params"], {}
+
+    def _logits(self, params, batch, rng, train: bool):
+        rngs = {"dropout": rng} if train else {}
+        return self.model.apply({"params": params}, batch["codes"], batch["composer"],
+                                batch["ensemble"], train=train, rngs=rngs)
+
+    def loss(self, params, model_state, batch, rng, train: bool):
+        logits = self._logits(params, batch, rng, train)
+        loss, parts = prior.prior_loss(logits, batch["codes"])
+        return loss, (parts, model_state)
+
+    def eval_outputs(self, params, model_state, batch) -> dict:
+        """Per window: summed negative log-likelihood (nats), correct top-1 guesses, codes."""
+        del model_state
+        logits = self._logits(params, batch, None, False)
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["codes"][..., None],
+                                   axis=-1)[..., 0]
+        correct = (jnp.argmax(logits, -1) == batch["codes"]).astype(jnp.float32)
+        return {"nll": jnp.sum(nll, axis=1), "correct": jnp.sum(correct, axis=1),
+                "codes": jnp.full(nll.shape[:1], nll.shape[1], jnp.float32)}
