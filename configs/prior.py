@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         vqvae_step=-1,      # -1 = the latest checkpoint (when the prior starts)
         vqvae_config_hash="",
         level=0,            # which VQ-VAE level the prior models
+        upper_level=-1,     # -1: a top-level prior; level + 1: an upsampler reading that level
         train_hop=8,        # spacing of training crops (codes)
     ))
     # vocab_size and the conditioning vocabularies come from the VQ-VAE and its dataset.

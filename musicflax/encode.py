@@ -36,7 +36,7 @@ def main(argv):
     used = len(np.unique(codeset.codes))
     print(f"{_SPLIT.value}: {len(codeset.ids)} recordings, {len(codeset.codes)} codes "
           f"({codeset.codes_per_second:.2f}/s, {lengths.min()}..{lengths.max()} per recording), "
-          f"{used}/{codeset.codebook_size} codes used; {entropy_bits(codeset.codes):.3f} "
+          f"{used}/{codeset.vocab_size} codes used; {entropy_bits(codeset.codes):.3f} "
           "bits/code unigram entropy")
 
 

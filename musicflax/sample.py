@@ -3,8 +3,14 @@
     python -m musicflax.sample --workdir=workdirs/prior --num=4 --seconds=20 \
         --composer=Bach --ensemble="String Quartet" --temperature=0.9 --top_p=0.95 --seed=0
     python -m musicflax.sample --workdir=workdirs/prior --prime=10016@8 --seconds=30
+    python -m musicflax.sample --workdir=workdirs/h_top \
+        --upsamplers=workdirs/h_up1,workdirs/h_up0 --seconds=60 --num=1
 
-Codes come from the prior (KV-cached decoding compiled once), are decoded by the VQ-VAE the
+With --upsamplers, sampling is ancestral (musicflax.train.hierarchy): the top prior draws the
+coarsest level, each upsampler the next finer level given the one above, and the VQ-VAE
+decodes the finest; --prime primes every level with the same excerpt.
+
+Codes come from the prior(s) (KV-cached decoding compiled once), are decoded by the VQ-VAE the
 prior was trained on (the step it is pinned to), read back as notes the way evaluation reads
 them, written as MIDI with each group's General MIDI program, and rendered to WAV by
 musicflax's synthesizer. The same seed and flags give the same files. Every call writes a new
@@ -15,11 +21,9 @@ settings.json recording the exact command: nothing written before is replaced.
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 
-import jax
 import numpy as np
 from absl import flags
 from etils import epath
@@ -27,7 +31,9 @@ from scipy.io import wavfile
 
 from musicflax import app
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Prior workdir.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Prior workdir (the top-level prior).")
+_UPSAMPLERS = flags.DEFINE_list("upsamplers", [], "Upsampler prior workdirs, coarse to fine: "
+                                "ancestral sampling down to the finest level.")
 _NUM = flags.DEFINE_integer("num", 4, "Number of samples.")
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Length of each sample.")
 _COMPOSER = flags.DEFINE_string("composer", "", "Composer name ('' = unconditional).")
@@ -38,7 +44,7 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = all).")
 _GUIDANCE = flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance scale.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _PRIME = flags.DEFINE_string("prime", "", "Continue a real excerpt: <recording id>@<seconds>.")
-_STEP = flags.DEFINE_integer("step", None, "Prior checkpoint step (default: latest).")
+_STEP = flags.DEFINE_integer("step", None, "Top prior's checkpoint step (default: latest).")
 _OUT = flags.DEFINE_string("out", "", "Output folder, new or empty (default: a new "
                            "<workdir>/samples/<NNN>_seed<seed>).")
 _SAMPLE_RATE = flags.DEFINE_integer("sample_rate", 22050, "WAV rate for piano-roll models.")
@@ -51,27 +57,6 @@ def _vocab_id(vocab: list[str], name: str, what: str) -> int:
     if name not in vocab:
         raise app.UserError(f"unknown {what} {name!r}; known: {', '.join(vocab)}")
     return vocab.index(name)
-
-
-def _prime_codes(task, spec: str, num: int) -> np.ndarray | None:
-    """The first <seconds> of a recording's codes, for every sample."""
-    if not spec:
-        return None
-    rec_text, _, seconds_text = spec.partition("@")
-    try:
-        rec_id, seconds = int(rec_text), float(seconds_text)
-    except ValueError:
-        raise app.UserError(f"--prime={spec!r} must look like <recording id>@<seconds>") from None
-    for codeset in task.codesets():
-        hit = np.flatnonzero(codeset.ids == rec_id)
-        if len(hit):
-            seq = codeset.sequences()[hit[0]]
-            n = max(1, round(seconds * codeset.codes_per_second))
-            if n >= len(seq):
-                raise app.UserError(f"recording {rec_id} has only {len(seq)} codes "
-                                    f"({len(seq) / codeset.codes_per_second:.1f} s)")
-            return np.broadcast_to(seq[:n], (num, n))
-    raise app.UserError(f"recording {rec_id} is in no split of the prior's data")
 
 
 def output_folder(workdir: epath.Path) -> epath.Path:
@@ -97,39 +82,48 @@ def main(argv):
     from musicflax.train import run  # pylint: disable=g-import-not-at-top
 
     workdir = epath.Path(_WORKDIR.value)
-    opened = run.open_run(workdir, _STEP.value)
-    config, task, state = opened.config, opened.task, opened.state
-    if config.task != "prior":
-        raise app.UserError(f"{workdir} holds a {config.task!r} run, not a prior")
-    vocab = task.vocab
+    hierarchy = run.open_hierarchy([workdir, *_UPSAMPLERS.value], _STEP.value)
+    vocab = hierarchy.vocab
     composer = _vocab_id(vocab["composers"], _COMPOSER.value, "composer")
     ensemble = _vocab_id(vocab["ensembles"], _ENSEMBLE.value, "ensemble")
-    prime = _prime_codes(task, _PRIME.value, _NUM.value)
-    length = max(1, math.ceil(_SECONDS.value * task.codes_per_second))
-    codes = task.model.sample(
-        state.params, jax.random.PRNGKey(_SEED.value), _NUM.value, length, composer, ensemble,
+    primes = None
+    if _PRIME.value:
+        rec_text, _, seconds_text = _PRIME.value.partition("@")
+        try:
+            recording, seconds = int(rec_text), float(seconds_text)
+        except ValueError:
+            raise app.UserError(f"--prime={_PRIME.value!r} must look like "
+                                "<recording id>@<seconds>") from None
+        primes = hierarchy.prime(recording, seconds)
+    tokens, levels = hierarchy.sample(
+        _SEED.value, _NUM.value, _SECONDS.value, composer, ensemble,
         temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-        guidance_scale=_GUIDANCE.value, prime=prime)
-    decoded = task.decode(np.asarray(codes))
+        guidance=_GUIDANCE.value, primes=primes)
+    finest = hierarchy.finest
+    decoded = finest.decode(tokens[-1])
 
     out = output_folder(workdir)
     settings = {k: flags.FLAGS[k].value for k in ("num", "seconds", "composer", "ensemble",
                                                   "temperature", "top_k", "top_p", "guidance",
                                                   "seed", "prime", "sample_rate")}
-    settings.update(command=shlex.join(sys.argv), prior_workdir=str(opened.workdir),
-                    prior_step=int(state.step), vqvae_workdir=str(task.vqvae.workdir),
-                    vqvae_step=int(task.vqvae.state.step),
-                    codes_per_second=task.codes_per_second, files=[])
+    settings.update(command=shlex.join(sys.argv),
+                    priors=[{"workdir": str(r.workdir), "step": int(r.state.step),
+                             "level": r.task.level} for r in hierarchy.runs],
+                    vqvae_workdir=str(finest.vqvae.workdir),
+                    vqvae_step=int(finest.vqvae.state.step),
+                    codes_per_second=finest.codes_per_second, levels=levels, files=[])
     for i, sample in enumerate(decoded):
         name = out / f"sample_{i:02d}"
-        # The codes themselves, to decode again (another threshold, another VQ-VAE step).
-        with (out / f"sample_{i:02d}_codes.npy").open("wb") as f:
-            np.save(f, np.asarray(codes[i], np.int32))
+        # The codes themselves (every level's), to decode again.
+        for depth, level_tokens in enumerate(tokens):
+            suffix = "" if depth == len(tokens) - 1 else f"_level{hierarchy.tasks[depth].level}"
+            with (out / f"sample_{i:02d}_codes{suffix}.npy").open("wb") as f:
+                np.save(f, np.asarray(level_tokens[i], np.int32))
         if "roll" in sample:
             # Whole codes can overshoot the length asked for by a few frames: cut them.
             frames = int(_SECONDS.value * sample["frame_rate"])
             roll, onsets = sample["roll"][:frames], sample["onsets"][:frames]
-            notes = task.vqvae.task.read_notes(roll, onsets)
+            notes = finest.vqvae.task.read_notes(roll, onsets)
             midi.write_midi(f"{name}.mid", **notes)
             wave = synth.synthesize(**notes, sample_rate=_SAMPLE_RATE.value,
                                     duration=_SECONDS.value)
@@ -142,6 +136,9 @@ def main(argv):
             wavfile.write(f"{name}.wav", sample["sample_rate"], sample["wave"])
             settings["files"].append({"wav": f"{name}.wav"})
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
+    for level in levels:
+        print(f"level {level['level']}: {level['tokens']} codes in {level['seconds']:.1f} s "
+              f"({level['realtime']:.1f} x real time, compiling included)")
     print(f"wrote {len(decoded)} samples to {out}")
 
 

@@ -268,3 +268,19 @@ def test_png_writers(tmp_path):
         image = matplotlib.image.imread(tmp_path / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
         assert image[..., :3].std() > 0  # something was drawn
+
+
+def test_note_event_stream_bits_by_hand():
+    import types  # pylint: disable=g-import-not-at-top
+    # One recording of 10 s at 10 fps: four notes, onsets 0, 5, 5, 10; durations 5, 5, 5, 10.
+    data = types.SimpleNamespace(
+        note_rec=np.zeros(4, int), note_start=np.array([0, 5, 5, 10]),
+        note_end=np.array([5, 10, 10, 20]), note_pitch=np.array([60, 64, 67, 60]),
+        note_group=np.array([0, 0, 0, 1]), num_frames=np.array([100]), frame_rate=10.0)
+    out = statistics.note_event_bits(data)
+    # Deltas 0, 5, 0, 5 (1 bit); durations 5, 5, 5, 10 (H(3/4, 1/4)); pitches 60, 64, 67, 60
+    # (1.5 bits); groups 0, 0, 0, 1 (H(3/4, 1/4)).
+    h = -(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25))
+    assert out["bits_per_note"] == pytest.approx(1 + h + 1.5 + h)
+    assert out["notes_per_second"] == pytest.approx(0.4)
+    assert out["bits_per_second"] == pytest.approx(0.4 * (2.5 + 2 * h))

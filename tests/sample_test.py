@@ -36,7 +36,7 @@ def test_codes_are_cached_and_a_stale_cache_is_rebuilt(runs):
     np.testing.assert_array_equal(again.codes, first.codes)
     assert json.loads(str(np.load(path)["fingerprint"]))["vqvae_config"] != "something else"
     # 128-frame windows at the default hop 1 -> 128 codes a window, whole windows a recording.
-    assert (np.diff(first.offsets) % 128 == 0).all() and first.codebook_size == 32
+    assert (np.diff(first.offsets) % 128 == 0).all() and first.vocab_size == 32
 
 
 def test_prior_trains_through_the_shared_loop_and_resumes_exactly(runs):

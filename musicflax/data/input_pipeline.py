@@ -177,6 +177,7 @@ class TableStream:
     window: int
     hop: int
     jitter: bool = False
+    align: int = 1       # window starts stay multiples of this (jitter included)
     num_threads: int = 0
     prefetch: int = 0
 
@@ -206,7 +207,8 @@ class TableStream:
         table_rec, table_start = tf.constant(self.rec), tf.constant(self.start)
         num_frames = tf.constant(self.num_frames)
         n = len(self)
-        jitter = self.jitter and self.hop > 1
+        jitter = self.jitter and self.hop > self.align
+        align = int(self.align)
 
         def batch_at(step):
             g = step * global_batch + shard.index * rows + tf.range(rows, dtype=tf.int64)
@@ -214,9 +216,9 @@ class TableStream:
             idx = shuffled_position(k, seed, epoch, 0, n - 1)
             rec, start = tf.gather(table_rec, idx), tf.gather(table_start, idx)
             if jitter:  # a deterministic offset inside the hop, so every frame can start a window
-                shift = shuffled_position(k, seed, epoch, 1, n - 1)
-                last = tf.gather(num_frames, rec) - self.window
-                start = tf.minimum(start + shift % self.hop, last)
+                shift = shuffled_position(k, seed, epoch, 1, n - 1) % (self.hop // align)
+                last = (tf.gather(num_frames, rec) - self.window) // align * align
+                start = tf.minimum(start + shift * align, last)
             batch = self.assemble(rec, start)
             batch["mask"] = tf.ones([rows], tf.bool)
             return batch
@@ -265,11 +267,19 @@ class CodeWindows(TableStream):
     """Windows of `length` codes over code sequences, for the prior.
 
     `codeset` has `codes` [total] (all sequences concatenated), `offsets` [R + 1], and per
-    recording `ids`, `composer`, `ensemble` (see musicflax.train.codes.CodeSet).
+    recording `ids`, `composer`, `ensemble` (see musicflax.train.codes.CodeSet). With `upper`
+    (the codes of a coarser level of the same recordings, `upper_hop` of these codes per one
+    of its), every window starts at a multiple of upper_hop and carries the coarse codes it
+    lies under: batch["upper"] [B, ceil(length / upper_hop)], for an upsampler prior.
     """
 
-    def __init__(self, codeset, length: int, hop: int, train: bool):
+    def __init__(self, codeset, length: int, hop: int, train: bool, upper=None,
+                 upper_hop: int = 1):
         self.window, self.hop, self.jitter = length, hop, train
+        self.align = upper_hop if upper is not None else 1
+        if hop % self.align:
+            raise musicnet.DataError(f"the code hop {hop} must be a multiple of the upsampling "
+                                     f"factor {upper_hop}")
         self.num_frames = np.diff(codeset.offsets)
         self.rec, self.start = windows.window_table(self.num_frames, length, hop)
         self._check_table("codes")
@@ -277,12 +287,27 @@ class CodeWindows(TableStream):
         self._offsets = tf.constant(codeset.offsets)
         self._per_rec = {k: tf.constant(getattr(codeset, attr)) for k, attr in (
             ("recording_id", "ids"), ("composer", "composer"), ("ensemble", "ensemble"))}
+        self._upper = None
+        if upper is not None:
+            if not np.array_equal(upper.ids, codeset.ids) or not np.array_equal(
+                    np.diff(upper.offsets) * upper_hop, self.num_frames):
+                raise musicnet.DataError("the coarser level's codes do not line up with these "
+                                         f"(upsampling factor {upper_hop})")
+            self._upper = tf.constant(upper.codes)
+            self._upper_offsets = tf.constant(upper.offsets)
+            self._upper_length = -(-length // upper_hop)
 
     def assemble(self, rec: tf.Tensor, start: tf.Tensor) -> dict[str, tf.Tensor]:
         first = tf.gather(self._offsets, rec) + start
         idx = first[:, None] + tf.range(self.window, dtype=tf.int64)[None, :]
         batch = {k: tf.gather(v, rec) for k, v in self._per_rec.items()}
         batch["codes"] = tf.gather(self._codes, idx)
+        if self._upper is not None:
+            # Clipped at the recording's end: a window's last coarse code may overhang it.
+            last = tf.gather(self._upper_offsets, rec + 1) - 1
+            up = (tf.gather(self._upper_offsets, rec) + start // self.align)[:, None] + \
+                tf.range(self._upper_length, dtype=tf.int64)[None, :]
+            batch["upper"] = tf.gather(self._upper, tf.minimum(up, last[:, None]))
         return batch
 
 

@@ -1,7 +1,7 @@
 """Reports what a VQ-VAE's latents capture (and how well a prior models them), offline.
 
     python -m musicflax.eval --config=configs/eval.py --workdir=DIR [--step=N]
-        [--split=train|validation|test] [--config.evals.prior.workdir=PRIOR_DIR]
+        [--split=train|validation|test] [--config.evals.prior.workdir=PRIOR_DIR[,UPSAMPLER,...]]
         [--config.data.source=OTHER_ROOT --config.data.split_scheme=hash ...]
 
 Runs the evaluators of the eval config (the same plug-ins training validates with) and
@@ -64,26 +64,28 @@ def data_for_eval(trained: ml_collections.ConfigDict,
     return data
 
 
-def open_prior(eval_config, vqvae_run):
-    """The prior the prior-related evaluators read, checked to be built on this VQ-VAE step."""
+def open_priors(eval_config, vqvae_run):
+    """The priors the prior-related evaluators read (a prior, or a hierarchy of them given as
+    a comma-separated list, coarsest first), checked to be built on this VQ-VAE step."""
     from musicflax.eval import context  # pylint: disable=g-import-not-at-top
     from musicflax.train import run  # pylint: disable=g-import-not-at-top
     workdirs = {eval_config.evals[k].workdir for k in ("prior", "generated")
                 if k in eval_config.evals and eval_config.evals[k].get("workdir")}
     if not workdirs:
-        return None
+        return ()
     if len(workdirs) > 1:
         raise app.UserError(f"evals.prior.workdir and evals.generated.workdir name different "
                             f"priors ({sorted(workdirs)}); give one")
-    prior = run.open_run(workdirs.pop())
-    if prior.config.task != "prior":
-        raise app.UserError(f"{prior.workdir} holds a {prior.config.task!r} run, not a prior")
-    pinned = prior.task.vqvae
-    if pinned.workdir != vqvae_run.workdir or int(pinned.state.step) != int(vqvae_run.state.step):
-        raise app.UserError(f"the prior in {prior.workdir} was trained on step "
-                            f"{int(pinned.state.step)} of {pinned.workdir}; evaluate that "
-                            f"(--workdir={pinned.workdir} --step={int(pinned.state.step)})")
-    return context.PriorRun(prior.task, prior.state, run.Runner(prior.mesh, prior.state_sharding))
+    hierarchy = run.open_hierarchy([w for w in workdirs.pop().split(",") if w])
+    for prior in hierarchy.runs:
+        pinned = prior.task.vqvae
+        if pinned.workdir != vqvae_run.workdir or \
+                int(pinned.state.step) != int(vqvae_run.state.step):
+            raise app.UserError(f"the prior in {prior.workdir} was trained on step "
+                                f"{int(pinned.state.step)} of {pinned.workdir}; evaluate that "
+                                f"(--workdir={pinned.workdir} --step={int(pinned.state.step)})")
+    return tuple(context.PriorRun(p.task, p.state, run.Runner(p.mesh, p.state_sharding),
+                                  p.workdir) for p in hierarchy.runs)
 
 
 def new_folder(base):
@@ -119,7 +121,7 @@ def main(argv):
     devices = jax.local_devices()
     vqvae = run.open_run(workdir, _STEP.value, config=evaluated, devices=devices)
     step = int(vqvae.state.step)
-    prior = open_prior(eval_config, vqvae)
+    priors = open_priors(eval_config, vqvae)
     builder = vqvae.task.builder
     folder = workdir / "eval" / str(step)
     if input_pipeline.get_builder(config.data).info.full_name != builder.info.full_name:
@@ -127,7 +129,7 @@ def main(argv):
     out_dir = new_folder(folder / _SPLIT.value)
     batch_size = math.ceil(eval_config.batch_size / len(devices)) * len(devices)
     ctx = context.Context(vqvae.task, vqvae.state, run.Runner(vqvae.mesh, vqvae.state_sharding),
-                          _SPLIT.value, step, batch_size, out_dir=out_dir, prior=prior)
+                          _SPLIT.value, step, batch_size, out_dir=out_dir, priors=priors)
     windows = ctx.windows
     data = evaluated.data
     report = {

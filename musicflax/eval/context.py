@@ -38,6 +38,7 @@ class PriorRun:
     task: Any
     state: Any
     runner: Callable
+    workdir: Any = None
 
 
 @dataclasses.dataclass
@@ -49,7 +50,7 @@ class Context:
     step: int
     batch_size: int
     out_dir: epath.Path | None = None  # figures and note files go here; None: none written
-    prior: PriorRun | None = None
+    priors: tuple[PriorRun, ...] = ()  # a prior, or a hierarchy of them (coarsest first)
     shard: input_pipeline.Shard = input_pipeline.Shard()
     probe_windows: int = 4000       # train windows the probes fit on (evenly per recording)
     images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)

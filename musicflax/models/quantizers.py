@@ -1,5 +1,6 @@
-"""Bottleneck quantizers: EMA vector quantization (with data init and dead-code restarts) and
-finite scalar quantization (FSQ); each reports its batch's codebook statistics.
+"""Bottleneck quantizers: EMA vector quantization (with data init and dead-code restarts), its
+residual stack (RVQ), and finite scalar quantization (FSQ); each reports its batch's codebook
+statistics.
 
 Both quantizers map `[B, T, D]` float inputs to a `QuantizerOutput` whose `quantized` vectors
 carry straight-through gradients, and both have `lookup(codes)` so codes alone can be decoded.
@@ -12,6 +13,7 @@ need an rng stream named `"restart"`.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -227,21 +229,92 @@ class FSQ(nn.Module):
                                usage_stats(codes, self.codebook_size))
 
 
+class ResidualVQ(nn.Module):
+    """Residual vector quantization (SoundStream, EnCodec, DAC): `stages` EMA quantizers, each
+    quantizing what the stages before it left; the output is the sum of their codebook
+    vectors and the codes are [B, T, stages].
+
+    Every stage is an `EMAVectorQuantizer` of its own (data init, EMA, dead-code restarts).
+    With `dropout`, each training window keeps only its first n ~ U{1..stages} stages in the
+    sum it passes on (all stages still learn their residuals), so that fewer stages decode
+    too. Gradients pass straight through the whole sum once.
+    """
+
+    stages: int
+    codebook_size: int
+    code_dim: int
+    decay: float = 0.99
+    commitment: float = 0.02
+    restart_threshold: float = 1.0
+    init_method: str = "random_batch"
+    kmeans_iters: int = 10
+    dropout: bool = False
+
+    @property
+    def dim(self) -> int:
+        return self.code_dim
+
+    def setup(self):
+        self.stage_quantizers = [EMAVectorQuantizer(
+            self.codebook_size, self.code_dim, self.decay, self.commitment,
+            self.restart_threshold, self.init_method, self.kmeans_iters)
+            for _ in range(self.stages)]
+
+    def lookup(self, codes: jax.Array) -> jax.Array:
+        """codes [..., n] (the first n <= stages stages) -> the sum of their vectors."""
+        return sum(q.lookup(codes[..., i]) for i, q in enumerate(self.stage_quantizers[
+            :codes.shape[-1]]))
+
+    def __call__(self, z: jax.Array, train: bool) -> QuantizerOutput:
+        z = z.astype(jnp.float32)
+        keep = jnp.full(z.shape[:1], self.stages)
+        if train and self.dropout and self.is_mutable_collection(CODEBOOK) and \
+                not self.is_initializing():
+            keep = jax.random.randint(self.make_rng("restart"), z.shape[:1], 1, self.stages + 1)
+        residual, total, codes, commit, stats = z, jnp.zeros_like(z), [], 0.0, {}
+        for i, q in enumerate(self.stage_quantizers):
+            out = q(residual, train)
+            hard = lax.stop_gradient(out.quantized)
+            total = total + hard * (i < keep)[:, None, None]
+            residual = residual - hard
+            codes.append(out.codes)
+            commit = commit + out.commit_loss * (i < keep)
+            stats.update({f"stage{i}/{k}": v for k, v in out.stats.items()})
+        # One straight-through estimator for the whole sum: identity gradient to z.
+        quantized = z + lax.stop_gradient(total - z)
+        return QuantizerOutput(quantized, jnp.stack(codes, -1), commit, stats)
+
+
 def ema_cluster_sizes(model_state) -> list[jax.Array]:
-    """Each level's EMA code counts from the "codebook" collection (empty for FSQ)."""
+    """Each level's EMA code counts from the "codebook" collection: [K] per level, or
+    [stages, K] for residual VQ; empty for FSQ."""
     leaves = jax.tree_util.tree_leaves_with_path(model_state)
-    named = sorted((jax.tree_util.keystr(path), v) for path, v in leaves)
-    return [jnp.asarray(v) for name, v in named if name.endswith("['cluster_size']")]
+    levels: dict[int, dict[int, jax.Array]] = {}
+    for path, value in leaves:
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['cluster_size']"):
+            level = int(re.search(r"quantizers_(\d+)", name).group(1))
+            stage = re.search(r"stage_quantizers_(\d+)", name)
+            levels.setdefault(level, {})[int(stage.group(1)) if stage else -1] = value
+    out = []
+    for level in sorted(levels):
+        stages = levels[level]
+        out.append(jnp.asarray(stages[-1]) if -1 in stages else
+                   jnp.stack([stages[i] for i in sorted(stages)]))
+    return out
 
 
 def make_quantizer(spec: Mapping[str, Any]) -> nn.Module:
     """The quantizer described by a model config's `quantizer` entry."""
+    ema = dict(codebook_size=spec["codebook_size"], code_dim=spec["code_dim"],
+               decay=spec["ema_decay"], commitment=spec["commitment"],
+               restart_threshold=spec["restart_threshold"], init_method=spec["init"],
+               kmeans_iters=spec["kmeans_iters"])
     if spec["type"] == "ema_vq":
-        return EMAVectorQuantizer(
-            codebook_size=spec["codebook_size"], code_dim=spec["code_dim"],
-            decay=spec["ema_decay"], commitment=spec["commitment"],
-            restart_threshold=spec["restart_threshold"], init_method=spec["init"],
-            kmeans_iters=spec["kmeans_iters"])
+        return EMAVectorQuantizer(**ema)
+    if spec["type"] == "rvq":
+        return ResidualVQ(stages=spec["stages"], dropout=spec["quantizer_dropout"], **ema)
     if spec["type"] == "fsq":
         return FSQ(levels=tuple(spec["fsq_levels"]))
-    raise ValueError(f"unknown quantizer type {spec['type']!r} (expected 'ema_vq' or 'fsq')")
+    raise ValueError(f"unknown quantizer type {spec['type']!r} (expected 'ema_vq', 'rvq' or "
+                     "'fsq')")

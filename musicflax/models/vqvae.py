@@ -43,8 +43,8 @@ def default_model_config() -> ml_collections.ConfigDict:
         downs_t=(3, 2, 2),         # stride stages per level
         strides_t=(2, 2, 2),       # stride of each stage of a level -> hops 8, 32, 128
         quantizer=dict(
-            type="ema_vq",         # 'ema_vq' or 'fsq'
-            codebook_size=512,     # ema_vq: K (fsq: prod(fsq_levels))
+            type="ema_vq",         # 'ema_vq', 'rvq' (residual: `stages` EMA codebooks) or 'fsq'
+            codebook_size=512,     # ema_vq / rvq: K per codebook (fsq: prod(fsq_levels))
             code_dim=64,           # ema_vq: D (fsq: len(fsq_levels))
             ema_decay=0.99,
             commitment=0.02,       # beta of beta * ||z - sg(e)||^2
@@ -52,7 +52,13 @@ def default_model_config() -> ml_collections.ConfigDict:
             init="kmeans",         # 'random_batch' or 'kmeans' (first training batch)
             kmeans_iters=10,
             fsq_levels=(8, 5, 5, 5),
+            stages=4,              # rvq: codebooks per position (codes [B, T, stages])
+            quantizer_dropout=False,  # rvq: train with a random 1..stages of them per window
         ),
+        # Per level (finest first), where levels differ: quantizer types and codebook sizes
+        # overriding quantizer.type / quantizer.codebook_size ('' / 0: as above).
+        level_quantizer_types=(),
+        level_codebook_sizes=(),
         dtype="float32",           # compute dtype, 'float32' or 'bfloat16'; params stay f32
         output_bias=0.0,           # initial bias of the output layer (logits: -4.6 = 1% on)
         output="bernoulli",        # 'bernoulli' (piano-roll logits) or 'waveform'
@@ -79,6 +85,17 @@ def jukebox_model_config() -> ml_collections.ConfigDict:
     return config
 
 
+def level_quantizer(quantizer: Mapping[str, Any], level: int, types: Sequence[str] = (),
+                    sizes: Sequence[int] = ()) -> dict:
+    """The quantizer spec of one level: `quantizer` with that level's overrides."""
+    spec = dict(quantizer)
+    if level < len(types) and types[level]:
+        spec["type"] = types[level]
+    if level < len(sizes) and sizes[level]:
+        spec["codebook_size"] = int(sizes[level])
+    return spec
+
+
 def vqvae_from_config(model_config: Mapping[str, Any], input_channels: int) -> VQVAE:
     """The module for a model config (`output` and `loss` are left to `losses.vqvae_loss`)."""
     fields = ml_collections.ConfigDict(model_config).to_dict()
@@ -86,6 +103,8 @@ def vqvae_from_config(model_config: Mapping[str, Any], input_channels: int) -> V
         fields.pop(entry, None)
     # Hashable containers, so the module can be hashed (e.g. as a static jit argument).
     fields.update(downs_t=tuple(fields["downs_t"]), strides_t=tuple(fields["strides_t"]),
+                  level_quantizer_types=tuple(fields.get("level_quantizer_types", ())),
+                  level_codebook_sizes=tuple(fields.get("level_codebook_sizes", ())),
                   quantizer=flax.core.FrozenDict(
                       fields["quantizer"], fsq_levels=tuple(fields["quantizer"]["fsq_levels"])))
     return VQVAE(input_channels=input_channels, **fields)
@@ -112,6 +131,12 @@ class VQVAE(nn.Module):
     quantizer: Mapping[str, Any]
     dtype: str = "float32"
     output_bias: float = 0.0
+    level_quantizer_types: Sequence[str] = ()
+    level_codebook_sizes: Sequence[int] = ()
+
+    def quantizer_of(self, level: int) -> dict:
+        return level_quantizer(self.quantizer, level, self.level_quantizer_types,
+                               self.level_codebook_sizes)
 
     @property
     def hops(self) -> tuple[int, ...]:
@@ -129,7 +154,8 @@ class VQVAE(nn.Module):
             raise ValueError(f"levels={self.levels} must be in 1..{len(self.downs_t)}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype {self.dtype!r} must be 'float32' or 'bfloat16'")
-        self.quantizers = [make_quantizer(self.quantizer) for _ in range(self.levels)]
+        self.quantizers = [make_quantizer(self.quantizer_of(level))
+                           for level in range(self.levels)]
         tower = dict(width=self.width, depth=self.res_depth,
                      dilation_growth=self.dilation_growth, dilation_cycle=self.dilation_cycle,
                      dtype=jnp.dtype(self.dtype))

@@ -28,16 +28,22 @@ from musicflax.train import identity
 
 @dataclasses.dataclass(frozen=True)
 class CodeSet:
-    """One split's code sequences (concatenated; recording r is codes[offsets[r]:offsets[r+1]])."""
+    """One split's code sequences (concatenated; recording r is codes[offsets[r]:offsets[r+1]]).
 
-    codes: np.ndarray      # [total] int32
+    A residual-VQ level has `stages` codes per position; they are flattened position-major
+    (stage 0, 1, ... of position 0, then of position 1) and stage s's code c is token s*K + c,
+    so that one vocabulary of vocab_size = stages * K tokens covers them all.
+    """
+
+    codes: np.ndarray      # [total] int32 tokens
     offsets: np.ndarray    # [R + 1] int64
     ids: np.ndarray        # [R] int32 recording ids
     composer: np.ndarray   # [R] int32
     ensemble: np.ndarray   # [R] int32
-    codebook_size: int
-    codes_per_second: float
+    vocab_size: int        # tokens: stages * codebook size
+    codes_per_second: float  # tokens per second of music
     vocab: Mapping[str, list]
+    stages: int = 1
 
     def sequences(self) -> list[np.ndarray]:
         return [self.codes[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
@@ -56,6 +62,7 @@ def encode_split(vqvae_run, split: str, level: int = 0,
     builder = input_pipeline.get_builder(data_cfg)
     windows = input_pipeline.create_windows(data_cfg, split, train=False, builder=builder)
     fingerprint = {
+        "format": 2,  # 2: tokens of residual-VQ stages, vocab_size
         "vqvae_config": identity.config_hash(config), "step": step, "level": level, "split": split,
         "window": windows.window, "dataset": builder.info.metadata["fingerprint"],
         "ids": windows.data.ids.tolist(),
@@ -75,7 +82,10 @@ def encode_split(vqvae_run, split: str, level: int = 0,
     for batch in input_pipeline.as_numpy(windows.eval_dataset(batch_size)):
         rows.extend(np.asarray(encode(state.params, batch))[batch["mask"]])
     # Eval batches follow the window table, which is recording-major and time-ordered.
-    rows = np.stack(rows)
+    rows = np.stack(rows)  # [windows, T] or, for residual VQ, [windows, T, stages]
+    stages, size = task.level_stages[level], task.codebook_sizes[level]
+    if stages > 1:
+        rows = rows + np.arange(stages) * size
     recordings = np.unique(windows.rec)
     sequences = [rows[windows.rec == r].reshape(-1).astype(np.int32) for r in recordings]
     arrays = {
@@ -83,8 +93,8 @@ def encode_split(vqvae_run, split: str, level: int = 0,
         "offsets": np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64),
         "ids": windows.data.ids[recordings], "composer": windows.data.composer[recordings],
         "ensemble": windows.data.ensemble[recordings],
-        "codebook_size": np.int64(task.codebook_size),
-        "codes_per_second": np.float64(task.codes_per_second(level)),
+        "vocab_size": np.int64(size * stages), "stages": np.int64(stages),
+        "codes_per_second": np.float64(task.codes_per_second(level) * stages),
         "vocab": np.asarray(json.dumps(dict(windows.data.vocab))),
         "fingerprint": np.asarray(json.dumps(fingerprint)),
     }
@@ -105,6 +115,6 @@ def _codeset(arrays: Mapping[str, np.ndarray]) -> CodeSet:
                    ids=np.asarray(arrays["ids"], np.int32),
                    composer=np.asarray(arrays["composer"], np.int32),
                    ensemble=np.asarray(arrays["ensemble"], np.int32),
-                   codebook_size=int(arrays["codebook_size"]),
+                   vocab_size=int(arrays["vocab_size"]), stages=int(arrays["stages"]),
                    codes_per_second=float(arrays["codes_per_second"]),
                    vocab=json.loads(str(arrays["vocab"])))

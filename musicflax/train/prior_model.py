@@ -18,23 +18,31 @@ class PriorModel:
     best_mode = "min"
 
     def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, num_composers: int,
-                 num_ensembles: int):
+                 num_ensembles: int, upper_vocab_size: int = 0, upper_hop: int = 1):
         self.config = config
         model_config = ml_collections.ConfigDict(config.model.to_dict())
         model_config.update(vocab_size=vocab_size, num_composers=num_composers,
                             num_ensembles=num_ensembles)
+        model_config.upsampler.update(upper_vocab_size=upper_vocab_size, upper_hop=upper_hop)
         self.model = prior.prior_from_config(model_config)
         self.length = int(config.model.max_len)
+        if upper_vocab_size and self.length % upper_hop:
+            raise ValueError(f"model.max_len={self.length} must be a multiple of the "
+                             f"upsampling factor {upper_hop}")
+        self.upper_length = -(-self.length // upper_hop) if upper_vocab_size else 0
 
     def init(self, rng):
         tokens = jnp.zeros((1, self.length), jnp.int32)
         ids = jnp.zeros((1,), jnp.int32)
-        return self.model.init({"params": rng}, tokens, ids, ids, train=False)["params"], {}
+        upper = jnp.zeros((1, self.upper_length), jnp.int32) if self.upper_length else None
+        return self.model.init({"params": rng}, tokens, ids, ids, train=False,
+                               upper=upper)["params"], {}
 
     def _logits(self, params, batch, rng, train: bool):
         rngs = {"dropout": rng} if train else {}
         return self.model.apply({"params": params}, batch["codes"], batch["composer"],
-                                batch["ensemble"], train=train, rngs=rngs)
+                                batch["ensemble"], train=train, rngs=rngs,
+                                upper=batch.get("upper"))
 
     def loss(self, params, model_state, batch, rng, train: bool):
         logits = self._logits(params, batch, rng, train)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from musicflax import app
 from musicflax.data import input_pipeline
 from musicflax.train import codes
 from musicflax.train.prior_model import PriorModel
@@ -18,24 +19,46 @@ from musicflax.train.task import Task, process_shard
 
 
 class PriorTask(PriorModel, Task):
-    """A prior over the codes of `vqvae_run` at level `config.prior.level`."""
+    """A prior over the codes of `vqvae_run` at level `config.prior.level`: a top-level prior,
+    or with `config.prior.upper_level` (the next coarser level) an upsampler that reads that
+    level's codes."""
 
     def __init__(self, config: ml_collections.ConfigDict, vqvae_run):
         self.config = config
         self.vqvae = vqvae_run
         self.level = int(config.prior.level)
+        self.upper_level = int(config.prior.get("upper_level", -1))
+        hops = vqvae_run.task.model.hops
+        if not 0 <= self.level < len(hops):
+            raise app.UserError(f"prior.level={self.level}: the VQ-VAE has levels "
+                                f"0..{len(hops) - 1}")
         self._codes = {}
         self.train_codes = self.codes("train")
         self.vocab = self.train_codes.vocab
         self.codes_per_second = self.train_codes.codes_per_second
-        super().__init__(config, self.train_codes.codebook_size, len(self.vocab["composers"]),
-                         len(self.vocab["ensembles"]))
+        upper_vocab, self.upper_hop = 0, 1
+        if self.upper_level >= 0:
+            if self.upper_level != self.level + 1 or self.upper_level >= len(hops):
+                raise app.UserError(f"prior.upper_level={self.upper_level}: an upsampler of "
+                                    f"level {self.level} reads level {self.level + 1}")
+            upper = self.codes("train", level=self.upper_level)
+            if upper.stages != 1:
+                raise app.UserError(f"level {self.upper_level} has {upper.stages} codes a "
+                                    "position (residual VQ): an upsampler reads one")
+            upper_vocab = upper.vocab_size
+            # This level's tokens per coarse code: the ratio of hops, times its stages.
+            self.upper_hop = hops[self.upper_level] // hops[self.level] * self.train_codes.stages
+        super().__init__(config, self.train_codes.vocab_size, len(self.vocab["composers"]),
+                         len(self.vocab["ensembles"]), upper_vocab, self.upper_hop)
 
-    def codes(self, split: str, data: ml_collections.ConfigDict | None = None) -> codes.CodeSet:
-        """The VQ-VAE's codes of a split (of its own data, or of `data`), loaded once."""
-        key = (split, None if data is None else data.to_json(sort_keys=True))
+    def codes(self, split: str, data: ml_collections.ConfigDict | None = None,
+              level: int | None = None) -> codes.CodeSet:
+        """The VQ-VAE's codes of a split at a level (default this prior's; of its own data,
+        or of `data`), loaded once."""
+        level = self.level if level is None else level
+        key = (split, level, None if data is None else data.to_json(sort_keys=True))
         if key not in self._codes:
-            self._codes[key] = codes.encode_split(self.vqvae, split, self.level, data)
+            self._codes[key] = codes.encode_split(self.vqvae, split, level, data)
         return self._codes[key]
 
     def codesets(self) -> list[codes.CodeSet]:
@@ -43,20 +66,36 @@ class PriorTask(PriorModel, Task):
 
     def data_record(self) -> dict:
         return {"codes_of": str(self.vqvae.workdir), "vqvae_step": int(self.vqvae.state.step),
-                "level": self.level, **self.vqvae.task.data_record()}
+                "level": self.level, "upper_level": self.upper_level,
+                **self.vqvae.task.data_record()}
+
+    def _windows(self, split: str, hop: int, train: bool,
+                 data: ml_collections.ConfigDict | None = None) -> input_pipeline.CodeWindows:
+        upper = self.codes(split, data, self.upper_level) if self.upper_level >= 0 else None
+        return input_pipeline.CodeWindows(self.codes(split, data), self.length, hop, train,
+                                          upper, self.upper_hop)
 
     # -- evaluation ------------------------------------------------------------------------
-    def eval_windows(self, split: str, codeset: codes.CodeSet | None = None
+    def eval_windows(self, split: str, data: ml_collections.ConfigDict | None = None
                      ) -> input_pipeline.CodeWindows:
         """Non-overlapping windows of `max_len` codes over a split's code sequences."""
-        return input_pipeline.CodeWindows(codeset or self.codes(split), self.length,
-                                          self.length, train=False)
+        return self._windows(split, self.length, False, data)
+
+    def tokens_to_codes(self, tokens: np.ndarray) -> np.ndarray:
+        """Tokens [N, L] -> the VQ-VAE's codes of this level, [N, L] or [N, L / stages,
+        stages] for residual VQ (token s*K + c is code c of stage s)."""
+        stages = self.train_codes.stages
+        if stages == 1:
+            return np.asarray(tokens)
+        tokens = np.asarray(tokens).reshape(len(tokens), -1, stages)
+        return tokens - np.arange(stages) * (self.train_codes.vocab_size // stages)
 
     def decode(self, code_batch: np.ndarray) -> list[dict]:
-        """Codes [N, L] -> per sample a dict: roll/onsets (piano-roll) or wave (waveform)."""
+        """Tokens [N, L] -> per sample a dict: roll/onsets (piano-roll) or wave (waveform)."""
         vq_config, vq_task, vq_state = self.vqvae.config, self.vqvae.task, self.vqvae.state
         out = vq_task.model.apply({"params": vq_state.params, **vq_state.model_state},
-                                  jnp.asarray(code_batch), self.level, method="decode")
+                                  jnp.asarray(self.tokens_to_codes(code_batch)), self.level,
+                                  method="decode")
         if vq_config.data.representation == "pianoroll":
             roll, onsets = (np.asarray(x, np.uint8) for x in vq_task.predicted_rolls(out))
             return [{"roll": r, "onsets": o, "frame_rate": vq_config.data.frame_rate,
@@ -67,8 +106,7 @@ class PriorTask(PriorModel, Task):
 
     # -- data ------------------------------------------------------------------------------
     def train_batches(self, start_step: int):
-        stream = input_pipeline.CodeWindows(self.train_codes, self.length,
-                                            int(self.config.prior.train_hop), train=True)
+        stream = self._windows("train", int(self.config.prior.train_hop), True)
         ds = stream.train_dataset(self.config.batch_size, self.config.seed, start_step,
                                   shard=process_shard())
         return input_pipeline.as_numpy(ds)

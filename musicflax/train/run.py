@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from musicflax import app
 from musicflax.train import checkpoints, identity, sharding
 from musicflax.train.step import TrainState, make_optimizer
+from musicflax.hierarchy import Hierarchy
 from musicflax.train.prior_task import PriorTask
 from musicflax.train.task import Task
 from musicflax.train.vqvae_task import VQVAETask
@@ -173,6 +174,15 @@ def open_run(workdir: epath.PathLike, step: int | None = None,
     finally:
         manager.close()
     return Run(config, task, state, workdir, layout, mesh)
+
+
+def open_hierarchy(workdirs, step: int | None = None) -> Hierarchy:
+    """Prior runs, coarsest first (`step` for the first), checked to form a hierarchy."""
+    runs = [open_run(w, step if i == 0 else None) for i, w in enumerate(workdirs)]
+    for opened in runs:
+        if opened.config.task != "prior":
+            raise app.UserError(f"{opened.workdir} holds a {opened.config.task!r} run, not a prior")
+    return Hierarchy(tuple(runs))
 
 
 # ---------------------------------------------------------------------------- evaluation

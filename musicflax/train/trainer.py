@@ -211,9 +211,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     runner = run.Runner(mesh, state_sharding)
 
     def validate(state, step: int) -> dict[str, float]:
-        prior = eval_context.PriorRun(task, state, runner) if config.task == "prior" else None
+        priors = (eval_context.PriorRun(task, state, runner, workdir),) \
+            if config.task == "prior" else ()
         ctx = eval_context.Context(task, state, runner, "validation", step, config.batch_size,
-                                   prior=prior, shard=process_shard())
+                                   priors=priors, shard=process_shard())
         return evaluators.flat_scalars(evaluators.evaluate(ctx, config.evals))
 
     image_batch = task.image_batch() if config.image_every else None

@@ -31,9 +31,12 @@ class VQVAEModel:
         self.num_channels = self.groups.num_channels
         self.model = vqvae.vqvae_from_config(
             config.model, 2 * self.num_channels if self.representation == "pianoroll" else 1)
-        quantizer = config.model.quantizer
-        self.codebook_size = quantizer.codebook_size if quantizer.type == "ema_vq" else \
-            math.prod(quantizer.fsq_levels)
+        specs = [self.model.quantizer_of(level) for level in range(self.model.levels)]
+        self.codebook_sizes = [math.prod(q["fsq_levels"]) if q["type"] == "fsq" else
+                               int(q["codebook_size"]) for q in specs]
+        # Codes per position: residual VQ gives `stages` of them ([B, T, stages]).
+        self.level_stages = [int(q["stages"]) if q["type"] == "rvq" else 1 for q in specs]
+        self.codebook_size, self.stages = self.codebook_sizes[0], self.level_stages[0]
         if self.representation == "pianoroll":
             self.best_metric, self.best_mode = "reconstruction/note_onset_f1", "max"
         else:

@@ -17,7 +17,7 @@ def baseline_bits(train, evaluated) -> dict[str, float]:
     unigram and of a bigram model of the training codes (add-one smoothing): what a prior's
     bits on those codes compare with.
     """
-    k = train.codebook_size
+    k = train.vocab_size
     counts = np.bincount(train.codes, minlength=k).astype(np.float64)
     p = counts / counts.sum()
     smoothed = (counts + 1) / (counts.sum() + k)
@@ -32,17 +32,14 @@ def baseline_bits(train, evaluated) -> dict[str, float]:
             "bigram_xent_bits": float(np.mean(np.concatenate(bits)))}
 
 
-def run(ctx, cfg) -> dict:
-    del cfg
-    prior = ctx.prior
-    if prior is None:
-        return {"skipped": "no prior given (--config.evals.prior.workdir=...)"}
+def level_scores(ctx, prior) -> dict:
+    """The bits of one prior on the split's codes of its level, with the baselines."""
     task = prior.task
     data = None if ctx.is_prior else ctx.task.config.data
     split_codes = task.codes(ctx.split, data)
-    windows = task.eval_windows(ctx.split, split_codes)
     sums = {"nll": 0.0, "correct": 0.0, "codes": 0.0}
-    for batch, out in prior.runner(task.eval_outputs, prior.state, ctx.batches(windows)):
+    for batch, out in prior.runner(task.eval_outputs, prior.state,
+                                   ctx.batches(task.eval_windows(ctx.split, data))):
         mask = np.asarray(batch["mask"], bool)
         sums = {k: sums[k] + float(np.sum(np.asarray(out[k])[mask])) for k in sums}
     bits = sums["nll"] / max(sums["codes"], 1.0) / math.log(2)
@@ -51,6 +48,23 @@ def run(ctx, cfg) -> dict:
                **baseline_bits(task.train_codes, split_codes)}
     section.update(reduction_vs_unigram=1.0 - bits / section["unigram_xent_bits"],
                    reduction_vs_bigram=1.0 - bits / section["bigram_xent_bits"],
+                   bigram_bits_per_second=section["bigram_xent_bits"] * split_codes.codes_per_second,
                    codes=sums["codes"], codes_per_second=split_codes.codes_per_second,
-                   context_codes=task.length, level=task.level, prior_step=int(prior.state.step))
+                   context_codes=task.length,
+                   context_seconds=task.length / split_codes.codes_per_second,
+                   level=task.level, upper_level=task.upper_level,
+                   prior_step=int(prior.state.step))
+    return section
+
+
+def run(ctx, cfg) -> dict:
+    """One prior: its scores. A hierarchy: per level, and the bits per second of music the
+    whole hierarchy spends to describe the finest level (the sum over its levels)."""
+    del cfg
+    if not ctx.priors:
+        return {"skipped": "no prior given (--config.evals.prior.workdir=...)"}
+    if len(ctx.priors) == 1:
+        return level_scores(ctx, ctx.priors[0])
+    section = {f"level{p.task.level}": level_scores(ctx, p) for p in ctx.priors}
+    section["total_bits_per_second"] = sum(v["bits_per_second"] for v in section.values())
     return section
