@@ -40,6 +40,14 @@ ENTRIES = {
                                       "--config.model.strides_t=(2,)",
                                       "--config.model.quantizer.type=rvq",
                                       "--config.model.quantizer.stages=4"], 1500),
+    "fsq2": ("configs/default.py", ["--config.model.downs_t=(1,)",
+                                    "--config.model.strides_t=(2,)",
+                                    "--config.model.quantizer.type=fsq",
+                                    "--config.model.quantizer.fsq_levels=(8,8,8)"], 1500),
+    "fsq4": ("configs/default.py", ["--config.model.downs_t=(2,)",
+                                    "--config.model.strides_t=(2,)",
+                                    "--config.model.quantizer.type=fsq",
+                                    "--config.model.quantizer.fsq_levels=(8,8,8,8,8,8)"], 1500),
     "hierarchy": ("configs/hierarchy.py", [], 0),
 }
 

@@ -1,0 +1,184 @@
+"""The hierarchy: residual VQ, codes of several levels aligned for upsampler priors, a top
+prior and an upsampler trained through the shared loop, ancestral sampling and its eval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musicflax.data import input_pipeline
+from musicflax.models import quantizers
+from musicflax.train import codes, run, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rvq(dropout=False, stages=3):
+    return quantizers.ResidualVQ(stages=stages, codebook_size=16, code_dim=4,
+                                 restart_threshold=0.0, init_method="kmeans", kmeans_iters=3,
+                                 dropout=dropout)
+
+
+def trained(q, z, steps=3):
+    variables = q.init(jax.random.key(0), z, train=False)
+    for i in range(steps):
+        _, updated = q.apply(variables, z, train=True, mutable=["codebook"],
+                             rngs={"restart": jax.random.key(i)})
+        variables = {**variables, **updated}
+    return variables
+
+
+def test_residual_vq_stages_refine_the_sum_and_decode_from_codes():
+    z = jax.random.normal(jax.random.key(1), (8, 16, 4))
+    q = rvq()
+    variables = trained(q, z)
+    out = q.apply(variables, z, train=False)
+    assert out.codes.shape == (8, 16, 3) and out.codes.dtype == jnp.int32
+    np.testing.assert_allclose(q.apply(variables, out.codes, method="lookup"), out.quantized,
+                               atol=1e-5)
+    # Each stage quantizes what the ones before it left: the error falls stage by stage.
+    errors = [float(jnp.mean((z - q.apply(variables, out.codes[..., :n], method="lookup")) ** 2))
+              for n in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]
+    assert {"stage0/usage", "stage2/perplexity"} <= set(out.stats)
+    assert out.commit_loss.shape == (8,)
+    # One straight-through estimator for the sum: the gradient to z is the identity.
+    weights = jax.random.normal(jax.random.key(2), z.shape)
+    grad = jax.grad(lambda z: jnp.sum(q.apply(variables, z, train=False).quantized * weights))(z)
+    np.testing.assert_allclose(grad, weights, atol=1e-6)
+
+
+def test_quantizer_dropout_keeps_a_prefix_of_stages_per_window():
+    z = jax.random.normal(jax.random.key(1), (64, 8, 4))
+    q = rvq(dropout=True)
+    variables = trained(q, z)
+    out, _ = q.apply(variables, z, train=True, mutable=["codebook"],
+                     rngs={"restart": jax.random.key(9)})
+    # Every window's output is the sum of its first n stages, for some n in 1..3.
+    kept = []
+    for b in range(64):
+        partial = [q.apply(variables, out.codes[b:b + 1, :, :n], method="lookup")
+                   for n in (1, 2, 3)]
+        match = [n for n, p in zip((1, 2, 3), partial)
+                 if np.allclose(p, out.quantized[b:b + 1], atol=1e-4)]
+        assert match, b
+        kept.append(match[0])
+    assert len(set(kept)) == 3
+
+
+def test_tokens_of_residual_vq_and_windows_of_an_upsampler():
+    # Two recordings; the fine level has 2 codes per coarse code.
+    fine = codes.CodeSet(codes=np.arange(24, dtype=np.int32), offsets=np.array([0, 16, 24]),
+                         ids=np.array([1, 2], np.int32), composer=np.zeros(2, np.int32),
+                         ensemble=np.zeros(2, np.int32), vocab_size=32,
+                         codes_per_second=2.0, vocab={"composers": ["a"], "ensembles": ["b"]})
+    coarse = codes.CodeSet(codes=100 + np.arange(12, dtype=np.int32),
+                           offsets=np.array([0, 8, 12]), ids=np.array([1, 2], np.int32),
+                           composer=np.zeros(2, np.int32), ensemble=np.zeros(2, np.int32),
+                           vocab_size=200, codes_per_second=1.0, vocab=fine.vocab)
+    windows = input_pipeline.CodeWindows(fine, length=4, hop=4, train=False, upper=coarse,
+                                         upper_hop=2)
+    for batch in windows.eval_dataset(8).as_numpy_iterator():
+        for i in np.flatnonzero(batch["mask"]):
+            first = int(batch["codes"][i, 0])
+            rec = 0 if first < 16 else 1
+            start = first - (0 if rec == 0 else 16)
+            expected = coarse.codes[coarse.offsets[rec] + start // 2 + np.arange(2)]
+            np.testing.assert_array_equal(batch["upper"][i], expected)
+    # Training windows start at multiples of the upsampling factor, jitter included.
+    train = input_pipeline.CodeWindows(fine, length=4, hop=4, train=True, upper=coarse,
+                                       upper_hop=2)
+    batches = [b for _, b in zip(range(6), train.train_dataset(4, seed=0).as_numpy_iterator())]
+    for batch in batches:
+        for first, upper in zip(batch["codes"][:, 0], batch["upper"]):
+            rec = int(first >= 16)
+            start = int(first) - fine.offsets[rec]
+            assert start % 2 == 0
+            np.testing.assert_array_equal(upper, coarse.codes[coarse.offsets[rec] + start // 2
+                                                              + np.arange(2)])
+
+
+@pytest.fixture(scope="module")
+def hierarchy(tmp_path_factory):
+    """A tiny two-level VQ-VAE (hops 2 and 4; residual VQ of 2 stages at the finest), a
+    top-level prior over level 1 and an upsampler of level 0 from level 1."""
+    from conftest import prior_config_for  # pylint: disable=g-import-not-at-top
+    from train_test import tiny_config  # pylint: disable=g-import-not-at-top
+    root = tmp_path_factory.mktemp("hierarchy")
+    tfds_dir = str(root / "tfds")
+    vqvae = tiny_config(tfds_dir, steps=6, **{
+        "model.levels": 2, "model.downs_t": (1, 1), "model.strides_t": (2, 2),
+        "model.quantizer.type": "rvq", "model.quantizer.stages": 2,
+        "model.level_quantizer_types": ("rvq", "ema_vq"), "model.level_codebook_sizes": (32, 16)})
+    vqvae.eval_every = vqvae.checkpoint_every = 6
+    vqvae.image_every = 0
+    trainer.train_and_evaluate(vqvae, str(root / "vqvae"))
+    for name, level, upper in (("top", 1, -1), ("up0", 0, 1)):
+        config = prior_config_for(root, tfds_dir, steps=3)
+        config.prior.update(level=level, upper_level=upper, train_hop=8)
+        trainer.train_and_evaluate(config, str(root / name))
+    return root
+
+
+def test_residual_codes_become_one_token_vocabulary(hierarchy):
+    fine = codes.encode_split(run.open_run(hierarchy / "vqvae"), "validation", level=0)
+    coarse = codes.encode_split(run.open_run(hierarchy / "vqvae"), "validation", level=1)
+    assert (fine.stages, fine.vocab_size, coarse.stages, coarse.vocab_size) == (2, 64, 1, 16)
+    tokens = fine.codes.reshape(-1, 2)
+    assert (tokens[:, 0] < 32).all() and (tokens[:, 1] >= 32).all()
+    # 2 fine positions (4 tokens) per coarse code, recording by recording.
+    np.testing.assert_array_equal(np.diff(fine.offsets), 4 * np.diff(coarse.offsets))
+    assert fine.codes_per_second == 4 * coarse.codes_per_second
+    prior = run.open_run(hierarchy / "up0").task
+    np.testing.assert_array_equal(prior.tokens_to_codes(fine.codes[None, :8])[0],
+                                  tokens[:4] - [0, 32])
+    assert prior.upper_hop == 4 and prior.model.upper_vocab_size == 16
+
+
+def test_ancestral_sampling_and_the_hierarchy_report(hierarchy, tmp_path):
+    root = hierarchy
+    proc = subprocess.run([sys.executable, "-m", "musicflax.sample", f"--workdir={root / 'top'}",
+                           f"--upsamplers={root / 'up0'}", "--num=2", "--seconds=10",
+                           f"--out={tmp_path / 's'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    settings = json.loads((tmp_path / "s" / "settings.json").read_text())
+    assert [p["level"] for p in settings["priors"]] == [1, 0]
+    top = np.load(tmp_path / "s" / "sample_00_codes_level1.npy")
+    fine = np.load(tmp_path / "s" / "sample_00_codes.npy")
+    # 10 s: ceil(10 * 7.8125) = 79 coarse codes, 4 fine tokens under each.
+    assert len(top) == 79 and len(fine) == 4 * 79
+    assert [lv["tokens"] for lv in settings["levels"]] == [79, 316]
+    assert (tmp_path / "s" / "sample_01.mid").exists()
+    proc = subprocess.run([sys.executable, "-m", "musicflax.eval", "--config=configs/eval.py:runlocal",
+                           f"--workdir={root / 'vqvae'}",
+                           f"--config.evals.prior.workdir={root / 'top'},{root / 'up0'}",
+                           f"--config.evals.generated.workdir={root / 'top'},{root / 'up0'}",
+                           *[f"--config.evals.{e}.enabled=False" for e in ("probes",
+                                                                           "latent_space")]],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((root / "vqvae" / "eval" / "6" / "validation" / "report.json").read_text())
+    prior = report["prior"]
+    assert prior["total_bits_per_second"] == pytest.approx(
+        prior["level1"]["bits_per_second"] + prior["level0"]["bits_per_second"])
+    assert prior["level0"]["upper_level"] == 1 and prior["level1"]["upper_level"] == -1
+    assert report["generated"]["levels"] == [1, 0]
+    assert {"level1/note_onset_f1", "note_onset_f1"} <= set(report["reconstruction"])
+    code = report["codebook"]
+    assert code["level0"]["bitrate_max"] == pytest.approx(15.625 * 2 * 5)
+    assert code["level1"]["bitrate_max"] == pytest.approx(7.8125 * 4)
+    # A hierarchy given out of order is refused in one line.
+    proc = subprocess.run([sys.executable, "-m", "musicflax.sample", f"--workdir={root / 'up0'}",
+                           f"--upsamplers={root / 'top'}", f"--out={tmp_path / 'x'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: {root / 'up0'} is an upsampler (of level 0 from 1)")
