@@ -37,8 +37,10 @@ def data_config() -> ml_collections.ConfigDict:
         # channels. Map another code by adding it to a group; drop its notes with ';drop:46'.
         instrument_groups="keyboard:1,7;strings:41,42,43,44;winds:61,69,71,72,74",
         # waveform only: 'auto' (the source's WAVs; the sample set's are rendered from its
-        # labels) or 'synth' (render any source's labels with musicflax's synthesizer).
+        # labels), 'synth' (render any source's labels with musicflax's synthesizer) or
+        # 'fluidsynth' (render them with FluidSynth and `soundfont`, '' = FluidR3 GM).
         audio_source="auto",
+        soundfont="",
         on_bad_row="error",          # or 'skip' (counted in the build summary)
         accept_any_rate=False,       # resample WAVs that are not 44.1 kHz instead of failing
         downmix=False,               # average multi-channel WAVs instead of failing

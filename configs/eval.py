@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 64
     config.data = ml_collections.ConfigDict(dict(
         source="", tfds_data_dir="", split_scheme="", split_lists="", validation_fraction=0.0,
-        test_fraction=0.0, instrument_groups="", audio_source="", on_bad_row=""))
+        test_fraction=0.0, instrument_groups="", audio_source="", soundfont="",
+        on_bad_row=""))
     config.evals = ml_collections.ConfigDict(dict(
         loss=dict(enabled=True),
         codebook=dict(enabled=True),

@@ -7,7 +7,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from musicflax.audio import midi, plots, synth
+from musicflax.audio import fluidsynth, midi, plots, synth
 
 SR = 16000
 GROUPS = {1: 0, 7: 0, 41: 1, 42: 1, 43: 1, 44: 1, 61: 2, 69: 2, 71: 2, 72: 2, 74: 2}
@@ -96,6 +96,42 @@ def test_length_follows_duration_and_bad_input_raises():
         synth.synthesize([0.0], [0.5], [128], [1], SR)
     with pytest.raises(ValueError, match="equal length"):
         synth.synthesize([0.0, 1.0], [0.5], [60], [1], SR)
+
+
+# ---------------------------------------------------------------- FluidSynth
+
+needs_fluidsynth = pytest.mark.skipif(not fluidsynth.available(),
+                                      reason="fluidsynth or its GM SoundFont not installed")
+
+
+@needs_fluidsynth
+def test_fluidsynth_violin_a4_is_440_hz_silent_before_it_and_as_long_as_the_synth():
+    one = dict(start=np.array([1.0]), end=np.array([2.0]), pitch=np.array([69]),
+               instrument=np.array([41]), sample_rate=SR)
+    wave = fluidsynth.render(**one)
+    assert wave.dtype == np.float32 and len(wave) == len(synth.synthesize(**one))
+    freq, mag = spectrum(wave[int(1.2 * SR):int(1.9 * SR)], SR)
+    assert abs(freq[np.argmax(mag)] - 440.0) < 3.0
+    assert np.abs(wave[:int(0.95 * SR)]).max() == 0.0
+    assert np.sqrt(np.mean(wave[int(1.2 * SR):2 * SR] ** 2)) > 0.005
+    # Another program sounds different at the same pitch; the same notes render the same.
+    flute = fluidsynth.render(**{**one, "instrument": np.array([74])})
+    assert np.abs(flute - wave).max() > 0.01
+    np.testing.assert_array_equal(fluidsynth.render(**one), wave)
+
+
+def test_fluidsynth_missing_program_or_soundfont_is_one_line(tmp_path, monkeypatch):
+    with pytest.raises(fluidsynth.FluidSynthError) as e:
+        if fluidsynth.available():
+            fluidsynth.soundfont_path(str(tmp_path / "none.sf2"))
+        else:
+            fluidsynth.soundfont_path()
+    assert "\n" not in str(e.value) and fluidsynth.INSTALL_HINT in str(e.value)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(fluidsynth.FluidSynthError) as e:
+        fluidsynth.render(np.array([0.0]), np.array([1.0]), np.array([60]), np.array([1]), SR)
+    assert str(e.value) == ("data.audio_source=fluidsynth needs the fluidsynth program: "
+                            + fluidsynth.INSTALL_HINT)
 
 
 # ---------------------------------------------------------------- rolls

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from scipy.io import wavfile
 
 import conftest
 from configs import default as default_config
+from musicflax.audio import fluidsynth
 from musicflax.data import input_pipeline, musicnet, splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +157,41 @@ def test_audio_builds_skip_recordings_without_wavs_and_count_them(tmp_path):
     # The labels-only build of the same folder keeps 1728.
     labels = input_pipeline.get_builder(data_config(root, tmp_path / "tfds"))
     assert labels.info.metadata["split_ids"]["train"] == [1727, 1728]
+
+
+@pytest.mark.skipif(not fluidsynth.available(), reason="fluidsynth or its SoundFont missing")
+def test_fluidsynth_audio_is_rendered_from_the_labels_as_its_own_dataset(tmp_path):
+    root = conftest.write_musicnet(tmp_path / "src", with_audio=False)
+    cfg = data_config(root, tmp_path / "tfds", representation="waveform", frame_rate=100.0,
+                      audio_source="fluidsynth", split_scheme="hash")
+    builder = input_pipeline.get_builder(cfg)
+    assert builder.builder_config.name.startswith("src_audio16000_fluidsynth_hash_")
+    assert builder.info.metadata["audio"] == "fluidsynth"
+    example = next(iter(builder.as_dataset(split="test").as_numpy_iterator()))
+    notes = musicnet.read_labels(root / "musicnet/test_labels/1759.csv")
+    expected = fluidsynth.render(notes.start_time / musicnet.LABEL_RATE,
+                                 notes.end_time / musicnet.LABEL_RATE, notes.note,
+                                 notes.instrument, 16000, duration=12.0)
+    np.testing.assert_array_equal(example["audio"],
+                                  np.round(expected * 32767).astype(np.int16))
+    # The synthesizer's build of the same folder is another dataset.
+    cfg.audio_source = "synth"
+    assert input_pipeline.get_builder(cfg).builder_config.name != builder.builder_config.name
+
+
+def test_fluidsynth_without_the_program_is_one_line(tmp_path):
+    root = conftest.write_musicnet(tmp_path / "src", with_audio=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "musicflax.prepare", "--config=configs/waveform.py",
+         f"--config.data.source={root}", f"--config.data.tfds_data_dir={tmp_path / 'tfds'}",
+         "--config.data.audio_source=fluidsynth", f"--config.data.soundfont={tmp_path}/x.sf2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PATH": str(tmp_path)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line == ("error: data.audio_source=fluidsynth needs the fluidsynth program: "
+                    + fluidsynth.INSTALL_HINT)
+    assert not list(tmp_path.rglob("*.tfrecord*"))
 
 
 # ---------------------------------------------------------------------------- cache identity

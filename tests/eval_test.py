@@ -11,6 +11,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.io import wavfile
 
 from musicflax.models import metrics
 
@@ -235,7 +236,7 @@ def test_waveform_report_has_audio_metrics_and_the_pitch_probe(tmp_path):
          "splits": {"musicnet": {"validation": [1728, 1733]}}}))
     config = waveform.get_config("runlocal")
     config.data.update(source=str(source), tfds_data_dir=str(tmp_path / "tfds"))
-    config.model.update(width=8, res_depth=1, levels=1, downs_t=(3,), strides_t=(2,))
+    config.model.update(width=8, res_depth=1, levels=2, downs_t=(3, 2), strides_t=(2, 2))
     config.model.quantizer.update(codebook_size=16, code_dim=4, kmeans_iters=1)
     config.update(num_train_steps=2, batch_size=8, eval_every=2, checkpoint_every=2,
                   image_every=0)
@@ -260,6 +261,16 @@ def test_waveform_report_has_audio_metrics_and_the_pitch_probe(tmp_path):
         20 * np.log10(np.mean(ratio)), abs=1e-4)
     assert recon["si_sdr_db"] == pytest.approx(
         np.mean(audio_metrics.si_sdr(ref, est, reduce=False)), abs=1e-3)
+    # The first window and each level's reconstruction of it, to listen to and to look at.
+    out = tmp_path / "wave/eval/2/validation"
+    rate, original = wavfile.read(out / "reconstruction_0_original.wav")
+    assert rate == 16000
+    np.testing.assert_allclose(original, ref[0], atol=1e-6)
+    np.testing.assert_allclose(wavfile.read(out / "reconstruction_0.wav")[1],
+                               np.clip(est[0], -1, 1), atol=1e-4)
+    assert wavfile.read(out / "reconstruction_0_level1.wav")[1].shape == ref[0].shape
+    assert {"reconstruction_0.png", "reconstruction_0_level1.png"} <= set(
+        recon["figures"])
     pitch = report["probes"]["pitch"]
     assert pitch["eval_frames"] == len(ref) * 100
     # The synthesizer's notes are clean harmonic tones: semitone-resolution spectra find them.

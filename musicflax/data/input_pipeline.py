@@ -93,7 +93,8 @@ def get_builder(cfg: ml_collections.ConfigDict) -> tfds_musicnet.MusicNet:
     builder = tfds_musicnet.get_builder(
         cfg.source, audio_rate(cfg), splits.SplitSpec.from_config(cfg), cfg.tfds_data_dir,
         audio_source=cfg.get("audio_source", "auto"), on_bad_row=cfg.on_bad_row,
-        accept_any_rate=cfg.accept_any_rate, downmix=cfg.downmix)
+        accept_any_rate=cfg.accept_any_rate, downmix=cfg.downmix,
+        soundfont=cfg.get("soundfont", ""))
     tfds_musicnet.prepare(builder)
     return builder
 

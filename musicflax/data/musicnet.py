@@ -448,7 +448,7 @@ def _check_wav(path: Path, rate: int, channels: int, accept_any_rate: bool,
 
 # ---------------------------------------------------------------------------- scan
 
-AUDIO_MODES = ("none", "wav", "synth")
+AUDIO_MODES = ("none", "wav", "synth", "fluidsynth")
 
 
 def scan(root: os.PathLike | str | Layout, on_bad_row: str = "error", audio: str = "none",
@@ -457,7 +457,8 @@ def scan(root: os.PathLike | str | Layout, on_bad_row: str = "error", audio: str
     """Pairs label files with metadata (and WAVs); skips (with reasons) what cannot be used.
 
     audio: 'none' (labels only: WAVs are never looked at), 'wav' (a recording needs its WAV;
-    headers are checked here) or 'synth' (audio will be rendered from the labels). Every
+    headers are checked here) or 'synth' / 'fluidsynth' (audio will be rendered from the
+    labels). Every
     label row is checked here, so a build fails before anything is written.
     """
     if audio not in AUDIO_MODES:

@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from musicflax.audio import synth
+from musicflax.audio import fluidsynth, synth
 from musicflax.data import musicnet, splits
 
 _NOTE_FEATURES = {
     "start_time": np.int64, "end_time": np.int64, "instrument": np.int32, "note": np.int32,
     "start_beat": np.float32, "end_beat": np.float32,
 }
-AUDIO_SOURCES = ("auto", "wav", "synth")
+AUDIO_SOURCES = ("auto", "wav", "synth", "fluidsynth")
 PROGRESS_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ class MusicNetConfig(tfds.core.BuilderConfig):
     """One source folder and the options that change its examples.
 
     audio: 'none' (labels only), 'wav' (the source's WAVs, resampled to sample_rate and
-    stored as PCM16) or 'synth' (rendered from the labels at sample_rate).
+    stored as PCM16), 'synth' (rendered from the labels at sample_rate by musicflax's
+    synthesizer) or 'fluidsynth' (rendered by FluidSynth through `soundfont`).
     """
 
     source: str = ""
@@ -55,6 +56,7 @@ class MusicNetConfig(tfds.core.BuilderConfig):
     on_bad_row: str = "error"
     accept_any_rate: bool = False
     downmix: bool = False
+    soundfont: str = ""
     fingerprint: str = ""
 
 
@@ -66,7 +68,7 @@ def source_root(source: str) -> Path:
 def make_config(source: str, sample_rate: int = 0, split: splits.SplitSpec | None = None,
                 audio_source: str = "auto", on_bad_row: str = "error",
                 accept_any_rate: bool = False, downmix: bool = False,
-                extract_dir: str | Path | None = None) -> MusicNetConfig:
+                extract_dir: str | Path | None = None, soundfont: str = "") -> MusicNetConfig:
     """The config for a source; named after what changes the data, e.g.
     'sample_labels_3f2a9c01d4e5' or 'src_audio16000_hash_0b7d...'."""
     split = split or splits.SplitSpec()
@@ -89,6 +91,15 @@ def make_config(source: str, sample_rate: int = 0, split: splits.SplitSpec | Non
     options = {"audio": audio, "sample_rate": int(sample_rate), "split": split.identity(),
                "on_bad_row": on_bad_row, "accept_any_rate": bool(accept_any_rate),
                "downmix": bool(downmix)}
+    if audio == "fluidsynth":
+        try:
+            sf2 = fluidsynth.soundfont_path(soundfont)
+        except fluidsynth.FluidSynthError as e:
+            raise musicnet.DataError(str(e)) from None
+        soundfont = str(sf2)
+        options["soundfont"] = [sf2.name, sf2.stat().st_size]
+    else:
+        soundfont = ""
     payload = json.dumps({"source": musicnet.source_fingerprint(layout, audio == "wav"),
                           "options": options}, sort_keys=True)
     fingerprint = hashlib.sha256(payload.encode()).hexdigest()
@@ -96,13 +107,15 @@ def make_config(source: str, sample_rate: int = 0, split: splits.SplitSpec | Non
     name = f"{kind}_" + (f"audio{sample_rate}" if sample_rate else "labels")
     name += "".join(f"_{flag}" for flag, on in (
         ("synth", audio == "synth" and not layout.synthesized_audio),
+        ("fluidsynth", audio == "fluidsynth"),
         (split.scheme, split.scheme != "musicnet"), ("skipbadrows", on_bad_row == "skip"),
         ("anyrate", accept_any_rate), ("downmix", downmix)) if on)
     return MusicNetConfig(
         name=f"{name}_{fingerprint[:12]}", description=f"{layout.root} ({json.dumps(options)})",
         source=str(source_root(source)), extract_dir=str(extract_dir), audio=audio,
         sample_rate=int(sample_rate), split=split, on_bad_row=on_bad_row,
-        accept_any_rate=bool(accept_any_rate), downmix=bool(downmix), fingerprint=fingerprint)
+        accept_any_rate=bool(accept_any_rate), downmix=bool(downmix), soundfont=soundfont,
+        fingerprint=fingerprint)
 
 
 class _Progress:
@@ -189,7 +202,7 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
             "left_out_ids": list(assignment.left_out),
             "skipped_files": [f"{p}: {why}" for p, why in report.skipped],
             "skipped_rows": report.skipped_rows,
-            "synthesized_audio": cfg.audio == "synth",
+            "synthesized_audio": cfg.audio in ("synth", "fluidsynth"),
         })
         progress = _Progress(self.info.full_name,
                              sum(len(v) for v in assignment.by_split.values()))
@@ -226,6 +239,15 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
                                     notes.end_time / musicnet.LABEL_RATE, notes.note,
                                     notes.instrument, cfg.sample_rate,
                                     duration=_seconds(rec.metadata.get("seconds")))
+        if cfg.audio == "fluidsynth":
+            try:
+                return fluidsynth.render(notes.start_time / musicnet.LABEL_RATE,
+                                         notes.end_time / musicnet.LABEL_RATE, notes.note,
+                                         notes.instrument, cfg.sample_rate,
+                                         duration=_seconds(rec.metadata.get("seconds")),
+                                         soundfont=cfg.soundfont)
+            except fluidsynth.FluidSynthError as e:
+                raise musicnet.DataError(f"{rec.labels_path}: {e}") from None
         return musicnet.read_audio(rec.audio_path, cfg.sample_rate, cfg.accept_any_rate,
                                    cfg.downmix)
 

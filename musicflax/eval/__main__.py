@@ -36,7 +36,7 @@ flags.mark_flags_as_required(["workdir"])
 # Data fields an evaluation may point elsewhere; the rest must stay as the model was trained.
 DATA_OVERRIDES = ("source", "tfds_data_dir", "split_scheme", "split_lists",
                   "validation_fraction", "test_fraction", "instrument_groups", "audio_source",
-                  "on_bad_row")
+                  "soundfont", "on_bad_row")
 
 
 def data_for_eval(trained: ml_collections.ConfigDict,

@@ -136,7 +136,8 @@ class VQVAEModel:
     # -- images ----------------------------------------------------------------------------
     def image_outputs(self, params, model_state, batch) -> dict:
         outputs, _, _ = self._apply(params, model_state, batch, None, train=False)
-        return {"recon": outputs[0]}
+        return {"recon": outputs[0], **{f"recon_level{level}": out
+                                        for level, out in enumerate(outputs) if level}}
 
     def render_images(self, batch, outputs, step: int) -> np.ndarray:
         """Original vs reconstruction of each window of the batch, stacked."""

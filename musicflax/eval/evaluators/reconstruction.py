@@ -8,7 +8,8 @@ tolerance), and optionally mir_eval's multi-pitch frame metrics. Offline, every 
 reconstructed notes are written as a MusicNet label CSV and a MIDI file.
 
 Waveforms: Jukebox's spectral convergence (the linear ratio averaged over the split, then dB),
-multi-resolution STFT distance, log-mel L1 and SI-SDR, averaged over windows.
+multi-resolution STFT distance, log-mel L1 and SI-SDR, averaged over windows; offline, the
+first validation windows and every level's reconstruction of them as WAVs and spectrograms.
 """
 
 from __future__ import annotations
@@ -122,10 +123,30 @@ def figures(ctx, count: int) -> list[str]:
     names = []
     for i in range(min(count, len(batch["mask"]))):
         one = {k: v[i:i + 1] for k, v in batch.items()}
-        image = ctx.task.render_images(one, {k: v[i:i + 1] for k, v in outputs.items()},
-                                       ctx.step)
-        path = ctx.write_path(f"reconstruction_{i}.png")
-        plots.save_png(path, image)
-        ctx.images[f"reconstruction_{i}"] = image
-        names.append(path.name)
+        for level in range(ctx.task.model.levels):
+            key = "recon" if level == 0 else f"recon_level{level}"
+            if key not in outputs:
+                continue
+            suffix = "" if level == 0 else f"_level{level}"
+            image = ctx.task.render_images(one, {"recon": outputs[key][i:i + 1]}, ctx.step)
+            path = ctx.write_path(f"reconstruction_{i}{suffix}.png")
+            plots.save_png(path, image)
+            ctx.images[f"reconstruction_{i}{suffix}"] = image
+            names.append(path.name)
+            if not ctx.is_pianoroll:  # listen to it: the window and each level's rendition
+                names += write_wavs(ctx, f"reconstruction_{i}", batch["inputs"][i, :, 0],
+                                    outputs[key][i, :, 0], suffix)
     return names
+
+
+def write_wavs(ctx, stem: str, original: np.ndarray, recon: np.ndarray, suffix: str) -> list:
+    from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
+    rate = int(ctx.task.config.data.sample_rate)
+    written = []
+    for name, wave in ((f"{stem}_original.wav", original), (f"{stem}{suffix}.wav", recon)):
+        path = ctx.write_path(name)
+        if not path.exists():  # the original, once for all levels
+            with path.open("wb") as f:
+                wavfile.write(f, rate, np.clip(np.asarray(wave, np.float32), -1.0, 1.0))
+            written.append(path.name)
+    return written
