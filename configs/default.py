@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.batch_size = 32           # global, across all processes and devices
     config.num_train_steps = 1500
+    config.train_seconds = 0.0       # stop (validate, save) after this long training; 0 = never
     config.data = data_config()
 
     config.model = vqvae.default_model_config()

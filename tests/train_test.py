@@ -3,6 +3,7 @@ restore, FSQ and VQ, SIGTERM, NaN handling. Tiny models on the shipped sample se
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -78,6 +79,24 @@ def test_resume_repeats_the_uninterrupted_run(tfds_dir, tmp_path):
     assert sorted(resumed) == list(range(1, 7))
     np.testing.assert_allclose([resumed[s] for s in range(1, 7)],
                                [straight[s] for s in range(1, 7)], rtol=1e-6)
+
+
+def test_a_spent_time_budget_validates_saves_and_the_run_resumes(tfds_dir, tmp_path):
+    # A budget spent by the first log step: the run stops there like a finished one.
+    config = tiny_config(tfds_dir, steps=6, train_seconds=1e-6, log_every=2)
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert checkpoints.create_manager(tmp_path / "run/checkpoints", 3, 3).latest_step() == 2
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "run/heartbeat.json").read_text())["state"] == "finished"
+    assert sorted(logged(tmp_path / "run", "validation/loss/loss")) == [2]
+    # Without the budget the same command finishes the run, as the uninterrupted one.
+    trainer.train_and_evaluate(tiny_config(tfds_dir, steps=6, log_every=2), str(tmp_path / "run"))
+    trainer.train_and_evaluate(tiny_config(tfds_dir, steps=6, log_every=2),
+                               str(tmp_path / "straight"))
+    resumed, straight = logged(tmp_path / "run"), logged(tmp_path / "straight")
+    assert sorted(resumed) == [2, 4, 6]
+    np.testing.assert_allclose([resumed[s] for s in (2, 4, 6)],
+                               [straight[s] for s in (2, 4, 6)], rtol=1e-6)
 
 
 def test_sharded_step_equals_single_device_and_restores_on_fewer_devices(tfds_dir, tmp_path):

@@ -10,7 +10,7 @@ import json
 import ml_collections
 
 # Fields a resumed run may change without changing its data stream or its model.
-RESUMABLE_CHANGES = ("num_train_steps", "log_every", "eval_every", "checkpoint_every",
+RESUMABLE_CHANGES = ("num_train_steps", "train_seconds", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "image_every", "image_windows", "best_metric",
                      "best_mode", "mesh.", "distributed.", "param_sharding", "evals.",
                      "data.tfds_data_dir", "data.num_threads", "data.prefetch")

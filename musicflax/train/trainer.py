@@ -74,6 +74,23 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
+class TimeBudget:
+    """`config.train_seconds` of training (0 = no limit), checked at log steps; with several
+    processes the chief's clock decides, so that every process stops at the same step."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds if seconds > 0 else None
+
+    def spent(self) -> bool:
+        if self.deadline is None:
+            return False
+        over = np.int32(time.monotonic() >= self.deadline)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+            over = multihost_utils.broadcast_one_to_all(over)
+        return bool(over)
+
+
 class Progress:
     """A log line with step, loss, steps/s, windows/s and ETA."""
 
@@ -231,11 +248,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- loop ------------------------------------------------------------------------------
     stop = StopSignal()
+    budget = TimeBudget(float(config.get("train_seconds", 0)))
     heartbeat = Heartbeat(workdir, config.num_train_steps)
     progress = Progress(config.num_train_steps, global_batch, start_step)
     history: list[dict] = []
     last_eval: dict[str, float] | None = None
-    step, final = start_step, "running"
+    step, final, out_of_time = start_step, "running", False
 
     def check_finite(upto: int) -> None:
         """Raises if a step since the last check had a non-finite loss (one host sync)."""
@@ -258,6 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             unchecked += 1
             history.append(metrics)
             last = step == config.num_train_steps
+            out_of_time = not last and step % config.log_every == 0 and budget.spent()
+            last = last or out_of_time
             evaluating = step % config.eval_every == 0 or last
             stopping = stop.received is not None or manager.reached_preemption(step)
             saving = evaluating or stopping or last or manager.should_save(step)
@@ -293,7 +313,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 logging.warning("stopped at step %d; checkpoint saved: run the same command "
                                 "to resume", step)
                 break
-        if step >= config.num_train_steps:
+            if out_of_time:
+                logging.info("time budget of %s s spent at step %d; checkpoint saved",
+                             config.train_seconds, step)
+                break
+        if step >= config.num_train_steps or out_of_time:
             final = "finished"
     except BaseException:
         final = "failed"
