@@ -54,8 +54,9 @@ ENTRIES = {
 }
 
 
-def train(root: str, name: str) -> float:
-    config, overrides, steps = ENTRIES[name]
+def train(root: str, name: str, entry: tuple = ()) -> float:
+    """Trains an entry (config, overrides, steps) in root/name once; its wall seconds."""
+    config, overrides, steps = entry or ENTRIES[name]
     workdir = os.path.join(root, name)
     command = [sys.executable, "-m", "musicflax.train", f"--config={config}",
                f"--workdir={workdir}", "--config.image_every=0", *overrides]
@@ -85,17 +86,20 @@ def latest_report(workdir: str) -> dict | None:
     return json.load(open(os.path.join(workdir, "eval", steps[-1], folder, "report.json")))
 
 
-def evaluate(root: str, name: str) -> dict:
+def evaluate(root: str, name: str, only=("codebook", "reconstruction"), flags=()) -> dict:
+    """The run's offline validation report with only these evaluators (made once)."""
     workdir = os.path.join(root, name)
     report = latest_report(workdir)
     if report is not None:
         return report
-    off = [f"--config.evals.{e}.enabled=False" for e in ("probes", "latent_space", "prior",
-                                                         "generated", "loss")]
+    off = [f"--config.evals.{e}.enabled=False" for e in ("loss", "codebook", "reconstruction",
+                                                         "probes", "latent_space", "prior",
+                                                         "generated") if e not in only]
+    flags = flags or ("--config.evals.reconstruction.figures=0",
+                      "--config.evals.reconstruction.write_notes=False")
     subprocess.run([sys.executable, "-m", "musicflax.eval", "--config=configs/eval.py",
-                    f"--workdir={workdir}", "--config.evals.reconstruction.figures=0",
-                    "--config.evals.reconstruction.write_notes=False", *off],
-                   cwd=REPO, check=True, capture_output=True)
+                    f"--workdir={workdir}", *flags, *off], cwd=REPO, check=True,
+                   capture_output=True)
     return latest_report(workdir)
 
 

@@ -122,7 +122,10 @@ def main(argv):
     rows = []
     vqvae = _CONFIG.value
     if "vqvae" in _MODELS.value:
-        rows.append((f"vqvae ({vqvae.data.representation})", vqvae_row(vqvae)))
+        row = vqvae_row(vqvae)
+        if vqvae.data.representation == "waveform":  # seconds of audio trained per second
+            row["audio s/s"] = row["windows/s"] * vqvae.data.window_samples / vqvae.data.sample_rate
+        rows.append((f"vqvae ({vqvae.data.representation})", row))
     if "prior" in _MODELS.value:
         rows.append((f"prior (context {_PRIOR.value.model.max_len})", prior_row(vqvae, _PRIOR.value)))
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
@@ -131,7 +134,8 @@ def main(argv):
     for name, r in rows:
         mfu = f"{100 * r['MFU']:6.1f}%" if r["MFU"] is not None else "     -"
         print(f"{name:<24}{r['batch']:>6}{r['steps/s']:>9.2f}{r['windows/s']:>11.1f}"
-              f"{r['TFLOP/s']:>9.3f}{mfu:>7}{r['peak GiB']:>10.2f}  {r['where']}")
+              f"{r['TFLOP/s']:>9.3f}{mfu:>7}{r['peak GiB']:>10.2f}  {r['where']}"
+              + (f"  {r['audio s/s']:.2f} s of audio/s" if "audio s/s" in r else ""))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@
 top: the coarsest level (hop 64, 0.49 codes/s) conditioned on composer and ensemble, with a
 context of 64 codes = 131 s of music. up1: level 1 (hop 16) given level 2 (4 codes of level
 1 under each), context 256 codes = 131 s. up0: level 0's residual-VQ tokens (2 a position,
-hop 4: 15.6 tokens/s) given level 1 (8 tokens under each), context 512 tokens = 33 s. Longer
-samples slide their context. Append ",runlocal" to the stage for a smoke run.
+hop 4: 15.6 tokens/s) given level 1 (8 tokens under each), context 256 tokens = 16 s (512
+trains at 0.45 steps/s on a 2-core CPU). Longer samples slide their context. Append
+",runlocal" to the stage for a smoke run.
 """
 
 import ml_collections
@@ -21,7 +22,7 @@ from configs import prior
 # levels hold few codes (5k and 20k in the sample set's train split): past ~200 steps their
 # priors overfit (top: 6.6 bits/code at step 200, 9.3 at 600).
 STAGES = {"top": (2, -1, 64, 4, 200), "up1": (1, 2, 256, 16, 200),
-          "up0": (0, 1, 512, 32, 600)}
+          "up0": (0, 1, 256, 16, 400)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
