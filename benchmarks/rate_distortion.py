@@ -79,7 +79,8 @@ def latest_report(workdir: str) -> dict | None:
         return None
     steps = sorted(os.listdir(os.path.join(workdir, "eval")), key=int)
     folders = sorted(d for d in os.listdir(os.path.join(workdir, "eval", steps[-1]))
-                     if d.startswith("validation"))
+                     if d.startswith("validation") and os.path.exists(
+                         os.path.join(workdir, "eval", steps[-1], d, "report.json")))
     if not folders:
         return None
     folder = max(folders, key=lambda d: int(d.split(".")[1]) if "." in d else 1)

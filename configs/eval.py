@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         latent_space=dict(enabled=True, max_points=2000, interpolation_steps=8),
         prior=dict(enabled=True, workdir=""),
         # seconds 0: samples as long as a window of the VQ-VAE.
-        generated=dict(enabled=True, workdir="", num_samples=16, seed=0, seconds=0.0),
+        generated=dict(enabled=True, workdir="", num_samples=16, seed=0, seconds=0.0,
+                       temperature=1.0, top_p=1.0),
     ))
     if arg == "runlocal":
         config.evals.probes.update(max_train_windows=256, pitch_train_frames=2000)

@@ -21,7 +21,9 @@ def run(ctx, cfg) -> dict:
         return {"skipped": "music statistics need a piano-roll VQ-VAE"}
     seconds = float(cfg.get("seconds", 0)) or (vqvae_task.windows(ctx.split).window
                                               / vqvae_task.frame_rate)
-    tokens, levels = hierarchy.sample(int(cfg.seed), int(cfg.num_samples), seconds)
+    settings = {"temperature": float(cfg.get("temperature", 1.0)),
+                "top_p": float(cfg.get("top_p", 1.0))}
+    tokens, levels = hierarchy.sample(int(cfg.seed), int(cfg.num_samples), seconds, **settings)
     decoded = finest.decode(tokens[-1])
     frames = int(round(seconds * vqvae_task.frame_rate))
     rolls = np.stack([d["roll"][:frames] for d in decoded])
@@ -29,7 +31,7 @@ def run(ctx, cfg) -> dict:
     rate = vqvae_task.frame_rate
     generated = statistics.music_statistics(rolls, rate, onsets)
     held_out = statistics.from_sums(ctx.reference_sums, rate)
-    section = {"samples": int(cfg.num_samples), "seconds": seconds,
+    section = {"samples": int(cfg.num_samples), "seconds": seconds, **settings,
                "levels": [lv["level"] for lv in levels],
                "sampling_seconds": sum(lv["seconds"] for lv in levels),
                "generated": generated, "held_out": held_out,
