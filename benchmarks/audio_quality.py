@@ -69,7 +69,7 @@ def main() -> None:
               f"{r['mr_stft']:>9.3f}{r['log_mel']:>9.3f}{r['si_sdr']:>8.2f}"
               f"{r['pitch_ap']:>9.3f}{r['raw_ap']:>8.3f}{r['step']:>7}{r['seconds']:>8.0f}")
     print(f"(validation split of the sample set's rendered audio; {args.seconds:.0f} s of "
-          "training each, validation included; 2 CPUs)")
+          "training each (config.train_seconds); wall s: the whole command; 2 CPUs)")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,8 @@ def _frobenius(x: np.ndarray) -> np.ndarray:
 def _convergence_ratio(ref_mag: np.ndarray, est_mag: np.ndarray,
                        epsilon: float) -> np.ndarray:
     """‖|S_ref| − |S_est|‖_F / ‖|S_ref|‖_F per item; 0 where the reference norm ≤ epsilon."""
-    ref_norm = _frobenius(ref_mag)
-    ratio = _frobenius(ref_mag - est_mag) / np.maximum(ref_norm, epsilon)
-    return np.where(ref_norm > epsilon, ratio, 0.0)
+    ref_norm, error = _frobenius(ref_mag), _frobenius(ref_mag - est_mag)
+    return np.divide(error, ref_norm, out=np.zeros_like(error), where=ref_norm > epsilon)
 
 
 def spectral_convergence_ratio(ref, est) -> np.ndarray:
