@@ -9,9 +9,9 @@ process on 2 fake CPU devices, the coordinator on the first.
   fake part): setup, start in tmux, trainers killed (a maintenance reboot) and restarted on
   the same slice, the run finishes, watch deletes the slice and stops.
 
-Skipped when sshd cannot be found or started (CI installs Debian's openssh-server).
-Set MUSICFLAX_TEST_FSDP_IMAGES=1 to also run the gpu_vms.sh run with fsdp-sharded params and
-images written during training.
+Both run with images written during training, as a real run does; the gpu_vms.sh run with
+fsdp-sharded params (replicated multi-host runs are tests/multihost_test.py's). Skipped when
+sshd cannot be found or started (CI installs Debian's openssh-server).
 """
 
 from __future__ import annotations
@@ -37,13 +37,8 @@ TINY = ["--config.batch_size=8", "--config.model.width=16", "--config.model.res_
         "--config.model.quantizer.codebook_size=32", "--config.model.quantizer.code_dim=8",
         "--config.model.quantizer.kmeans_iters=2", "--config.optim.warmup_steps=2",
         "--config.log_every=1", "--config.eval_every=1000", "--config.checkpoint_every=3",
-        "--config.image_every=0"]
-MODES = {
-    "replicated": [],
-    # Multi-host fsdp with images during training (image_every after TINY's 0 wins).
-    "fsdp-images": ["--config.param_sharding=fsdp", "--config.image_every=3"],
-}
-FSDP_IMAGES = os.environ.get("MUSICFLAX_TEST_FSDP_IMAGES", "0") == "1"
+        "--config.image_every=3"]
+MODES = {"replicated": [], "fsdp-images": ["--config.param_sharding=fsdp"]}
 TRAINER_ENV = ["XLA_FLAGS=--xla_force_host_platform_device_count=2",
                "JAX_THREEFRY_PARTITIONABLE=false", "TF_CPP_MIN_LOG_LEVEL=2"]
 STEPS = 60
@@ -180,11 +175,7 @@ def failed(workdir: Path) -> bool:
 
 # ------------------------------------------------------------------ gpu_vms.sh
 
-@pytest.mark.parametrize("mode", [
-    "replicated",
-    pytest.param("fsdp-images", marks=pytest.mark.skipif(
-        not FSDP_IMAGES, reason="set MUSICFLAX_TEST_FSDP_IMAGES=1 (fsdp + images multi-host)")),
-])
+@pytest.mark.parametrize("mode", ["fsdp-images"])
 def test_gpu_vms_two_hosts_train_stop_resume(sshd, tfds_dir, tmp_path, mode):
     workdir = tmp_path / "workdir"  # a "shared filesystem": both hosts are this machine
     base = ["--hosts", "127.0.0.1,127.0.0.2", "--remote-dir", f"{tmp_path}/host{{i}}",
@@ -239,8 +230,9 @@ def test_gpu_vms_two_hosts_train_stop_resume(sshd, tfds_dir, tmp_path, mode):
             beat = read_heartbeat(workdir)
             assert (beat["state"], beat["step"], beat["num_train_steps"]) == (
                 "finished", STEPS, STEPS)
-        if mode == "fsdp-images":  # images were drawn before and after the resume
-            assert len(list(workdir.rglob("*.png"))) >= 2
+        # Images were drawn on every image step, before and after the resume.
+        assert sorted(p.name for p in (workdir / "recon").glob("*.png")) == sorted(
+            f"step_{s}.png" for s in range(3, STEPS + 1, 3))
     finally:
         kill_all(pidfiles)
 
