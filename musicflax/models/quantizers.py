@@ -71,7 +71,24 @@ def kmeans(flat: jax.Array, centers: jax.Array, iterations: int) -> jax.Array:
     return lax.fori_loop(0, iterations, step, centers)
 
 
-class EMAVectorQuantizer(nn.Module):
+class _EMACodebookFields(nn.Module):
+    """The settings of an EMA codebook, shared by `EMAVectorQuantizer` and `ResidualVQ`
+    (whose every stage is one)."""
+
+    codebook_size: int
+    code_dim: int
+    decay: float = 0.99
+    commitment: float = 0.02
+    restart_threshold: float = 1.0
+    init_method: str = "random_batch"
+    kmeans_iters: int = 10
+
+    @property
+    def dim(self) -> int:
+        return self.code_dim
+
+
+class EMAVectorQuantizer(_EMACodebookFields):
     """VQ-VAE bottleneck whose codebook follows an EMA of the encoder outputs assigned to it.
 
     Collection `"codebook"`: `embedding` [K, D], EMA `cluster_size` [K] and `embed_sum` [K, D],
@@ -83,18 +100,7 @@ class EMAVectorQuantizer(nn.Module):
     they are the same on every device.
     """
 
-    codebook_size: int
-    code_dim: int
-    decay: float = 0.99
-    commitment: float = 0.02
-    restart_threshold: float = 1.0
-    init_method: str = "random_batch"
-    kmeans_iters: int = 10
     epsilon: float = 1e-5
-
-    @property
-    def dim(self) -> int:
-        return self.code_dim
 
     def setup(self):
         if self.init_method not in ("random_batch", "kmeans"):
@@ -229,7 +235,7 @@ class FSQ(nn.Module):
                                usage_stats(codes, self.codebook_size))
 
 
-class ResidualVQ(nn.Module):
+class ResidualVQ(_EMACodebookFields):
     """Residual vector quantization (SoundStream, EnCodec, DAC): `stages` EMA quantizers, each
     quantizing what the stages before it left; the output is the sum of their codebook
     vectors and the codes are [B, T, stages].
@@ -240,19 +246,8 @@ class ResidualVQ(nn.Module):
     too. Gradients pass straight through the whole sum once.
     """
 
-    stages: int
-    codebook_size: int
-    code_dim: int
-    decay: float = 0.99
-    commitment: float = 0.02
-    restart_threshold: float = 1.0
-    init_method: str = "random_batch"
-    kmeans_iters: int = 10
+    stages: int = 4
     dropout: bool = False
-
-    @property
-    def dim(self) -> int:
-        return self.code_dim
 
     def setup(self):
         self.stage_quantizers = [EMAVectorQuantizer(

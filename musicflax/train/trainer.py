@@ -29,6 +29,7 @@ import time
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 from absl import logging
 from clu import metric_writers
@@ -86,7 +87,6 @@ class TimeBudget:
             return False
         over = np.int32(time.monotonic() >= self.deadline)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
             over = multihost_utils.broadcast_one_to_all(over)
         return bool(over)
 

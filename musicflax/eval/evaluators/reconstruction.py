@@ -133,20 +133,19 @@ def figures(ctx, count: int) -> list[str]:
             plots.save_png(path, image)
             ctx.images[f"reconstruction_{i}{suffix}"] = image
             names.append(path.name)
-            if not ctx.is_pianoroll:  # listen to it: the window and each level's rendition
-                names += write_wavs(ctx, f"reconstruction_{i}", batch["inputs"][i, :, 0],
-                                    outputs[key][i, :, 0], suffix)
+            if not ctx.is_pianoroll:  # listen to it: the window, then each level's rendition
+                if level == 0:
+                    names.append(write_wav(ctx, f"reconstruction_{i}_original.wav",
+                                           batch["inputs"][i, :, 0]))
+                names.append(write_wav(ctx, f"reconstruction_{i}{suffix}.wav",
+                                       outputs[key][i, :, 0]))
     return names
 
 
-def write_wavs(ctx, stem: str, original: np.ndarray, recon: np.ndarray, suffix: str) -> list:
+def write_wav(ctx, name: str, wave: np.ndarray) -> str:
     from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
-    rate = int(ctx.task.config.data.sample_rate)
-    written = []
-    for name, wave in ((f"{stem}_original.wav", original), (f"{stem}{suffix}.wav", recon)):
-        path = ctx.write_path(name)
-        if not path.exists():  # the original, once for all levels
-            with path.open("wb") as f:
-                wavfile.write(f, rate, np.clip(np.asarray(wave, np.float32), -1.0, 1.0))
-            written.append(path.name)
-    return written
+    path = ctx.write_path(name)
+    with path.open("wb") as f:
+        wavfile.write(f, int(ctx.task.config.data.sample_rate),
+                      np.clip(np.asarray(wave, np.float32), -1.0, 1.0))
+    return path.name
