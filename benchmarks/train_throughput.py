@@ -4,9 +4,11 @@ accelerators achieved TFLOP/s and MFU.
     python benchmarks/train_throughput.py                                 # default configs
     python benchmarks/train_throughput.py --config=configs/waveform.py --config.batch_size=8
     python benchmarks/train_throughput.py --models=prior --prior_config.model.max_len=512
+    python benchmarks/train_throughput.py --config=configs/score_audio.py --models=vqvae
 
 Times the jitted train step the trainer runs (musicflax.train.step, state built by the same
-jitted init) after a compile + warm-up: the VQ-VAE of --config on real batches of its data,
+jitted init) after a compile + warm-up: the model of --config (a VQ-VAE, or score-to-audio)
+on real batches of its data,
 the prior of --prior_config on random codes of the VQ-VAE's codebook (only speed matters;
 no trained VQ-VAE is needed). FLOPs come from XLA's cost analysis of the compiled step; MFU
 divides achieved FLOP/s by the device's peak for the compute dtype (a table below; none for
@@ -96,7 +98,7 @@ def time_step(model, config, mesh, batches) -> dict:
 
 def vqvae_row(config) -> dict:
     mesh = sharding.make_mesh(config.mesh.model)
-    task = VQVAETask(config)
+    task = run.create_task(config)
     local = task.train_batches(0)
     return time_step(task, config, mesh, (sharding.global_batch(b, mesh) for b in local))
 
@@ -125,7 +127,7 @@ def main(argv):
         row = vqvae_row(vqvae)
         if vqvae.data.representation == "waveform":  # seconds of audio trained per second
             row["audio s/s"] = row["windows/s"] * vqvae.data.window_samples / vqvae.data.sample_rate
-        rows.append((f"vqvae ({vqvae.data.representation})", row))
+        rows.append((f"{vqvae.task} ({vqvae.data.representation})", row))
     if "prior" in _MODELS.value:
         rows.append((f"prior (context {_PRIOR.value.model.max_len})", prior_row(vqvae, _PRIOR.value)))
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"

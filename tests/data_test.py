@@ -206,6 +206,12 @@ def test_note_lands_in_the_right_frame_and_synth_has_energy_at_its_fundamental(
     assert labels[:, 69].all() and labels.sum() == 100
     assert batch["pitch_labels"][second[4]][:, 60].tolist() == [1] * 50 + [0] * 50
     assert not batch["pitch_labels"][second[1]].any()
+    # The aligned score keeps the instrument: violin in group 1 (strings), piano in group 0.
+    score, onsets = batch["score_roll"], batch["score_onsets"]
+    assert score[second[2]][:, 128 + 69].all() and score[second[2]].sum() == 100
+    assert onsets[second[2]][:, 128 + 69].tolist() == [1] + [0] * 99
+    assert score[second[4]][:, 60].tolist() == [1] * 50 + [0] * 50
+    assert onsets[second[4]].sum() == 1 and not score[second[1]].any()
     wave = batch["inputs"][second[2], :, 0]
     spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
     assert abs(np.argmax(spectrum) * 16000 / len(wave) - 440) < 3

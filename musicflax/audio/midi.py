@@ -149,3 +149,20 @@ def write_midi(path: str | os.PathLike, start: np.ndarray, end: np.ndarray, pitc
                instrument: np.ndarray, tempo_bpm: float = 120.0, velocity: int = 80) -> None:
     """Writes notes as a standard MIDI file (see notes_to_pretty_midi)."""
     notes_to_pretty_midi(start, end, pitch, instrument, tempo_bpm, velocity).write(os.fspath(path))
+
+
+def read_midi(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The notes of a MIDI file (drum tracks left out), instrument = 1-based GM program + 1,
+    in time order; ValueError naming the file when it cannot be read."""
+    try:
+        midi = pretty_midi.PrettyMIDI(os.fspath(path))
+    except Exception as e:  # pretty_midi/mido raise many types on a broken file
+        raise ValueError(f"{path}: not a readable MIDI file ({str(e).splitlines()[0][:120]})"
+                         ) from None
+    rows = [(n.start, n.end, n.pitch, track.program + 1) for track in midi.instruments
+            if not track.is_drum for n in track.notes]
+    rows.sort()
+    start, end, pitch, instrument = (np.asarray(c) for c in zip(*rows)) if rows else \
+        (np.zeros(0), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return {"start": start.astype(np.float64), "end": end.astype(np.float64),
+            "pitch": pitch.astype(np.int64), "instrument": instrument.astype(np.int64)}

@@ -6,6 +6,8 @@ note's frames) rather than stored densely, so memory grows with the number of no
 with hours x channels, and the work runs in TF's threads outside the GIL.
 
 Channel layout of a piano-roll: `group * 128 + pitch`, groups from `InstrumentGroups`.
+Waveform windows carry their audio, the pitches sounding per frame (`pitch_labels`, groups
+merged) and the aligned score (`score_roll`, `score_onsets`).
 """
 
 from __future__ import annotations
@@ -139,4 +141,7 @@ class WindowAssembler:
             wave = tf.cast(tf.gather(self._audio, idx), tf.float32) / 32767.0
             batch["inputs"] = wave[:, :, None]
             batch["pitch_labels"], _ = self._paint(rec, start, self._pitch, NUM_PITCHES)
+            # The score of the window, aligned to its audio (what score-to-audio reads).
+            batch["score_roll"], batch["score_onsets"] = self._paint(
+                rec, start, self._channel, self.num_channels)
         return batch

@@ -113,7 +113,7 @@ def main(argv):
     evaluators.check(eval_config.evals)
     workdir = run.absolute(_WORKDIR.value)
     config = run.load_config(workdir)
-    if config.task != "vqvae":
+    if config.task not in ("vqvae", "score_audio"):
         raise app.UserError(f"{workdir} holds a {config.task!r} run; evaluate the VQ-VAE "
                             "workdir and pass the prior as --config.evals.prior.workdir")
     evaluated = ml_collections.ConfigDict(config.to_dict())

@@ -53,11 +53,21 @@ class Context:
     priors: tuple[PriorRun, ...] = ()  # a prior, or a hierarchy of them (coarsest first)
     shard: input_pipeline.Shard = input_pipeline.Shard()
     probe_windows: int = 4000       # train windows the probes fit on (evenly per recording)
+    pitch_features: bool = True     # waveforms: keep the pitch probe's features (costly)
     images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def is_prior(self) -> bool:
         return self.task.config.task == "prior"
+
+    @property
+    def is_vqvae(self) -> bool:
+        return self.task.config.task == "vqvae"
+
+    @property
+    def levels(self) -> int:
+        """Levels of reconstruction (a score-to-audio model's rendition is one)."""
+        return self.task.levels
 
     @property
     def is_pianoroll(self) -> bool:
@@ -99,12 +109,11 @@ class Context:
 
     def _window_extras(self, batch, out, mask, keep_rolls: bool) -> dict[str, np.ndarray]:
         rows = {}
-        levels = self.task.model.levels
         if self.is_pianoroll:
             if keep_rolls:
                 rows["ref_roll"] = np.packbits(batch["inputs"][mask].astype(bool), axis=-1)
                 rows["ref_onsets"] = np.packbits(batch["onsets"][mask].astype(bool), axis=-1)
-                for level in range(levels):
+                for level in range(self.levels):
                     for name in ("roll", "onsets"):
                         rows[f"{name}{level}"] = np.packbits(
                             np.asarray(out[f"{name}{level}"])[mask], axis=-1)
@@ -114,18 +123,26 @@ class Context:
         labels = np.asarray(batch["pitch_labels"])[mask]
         frames = labels.shape[1]
         rows["pitch_labels"] = np.packbits(labels.astype(bool), axis=-1)
-        rows["raw_frames"] = audio_metrics.log_frequency_features(wave, rate,
-                                                                  wave.shape[1] // frames, frames)
-        for level in range(levels):
-            latents = np.asarray(out[f"latents{level}"])[mask]
-            per = latents.shape[1] // frames
-            # Latents per label frame: the codes under each frame, averaged.
-            rows[f"frame_latents{level}"] = latents[:, :per * frames].reshape(
-                len(latents), frames, per, -1).mean(axis=2) if per else np.repeat(
-                latents, frames // latents.shape[1], axis=1)
+
+        def pitch_features(waves):
+            return audio_metrics.log_frequency_features(waves, rate, waves.shape[1] // frames,
+                                                        frames)
+        if self.pitch_features:
+            rows["raw_frames"] = pitch_features(wave)
+        for level in range(self.levels):
+            if f"latents{level}" in out and self.pitch_features:
+                latents = np.asarray(out[f"latents{level}"])[mask]
+                per = latents.shape[1] // frames
+                # Latents per label frame: the codes under each frame, averaged.
+                rows[f"frame_latents{level}"] = latents[:, :per * frames].reshape(
+                    len(latents), frames, per, -1).mean(axis=2) if per else np.repeat(
+                    latents, frames // latents.shape[1], axis=1)
             if keep_rolls:
                 est = np.asarray(out[f"recon{level}"], np.float32)[mask]
                 rows.update({f"{k}{level}": v for k, v in audio_scores(wave, est, rate).items()})
+                if self.pitch_features:
+                    # What a transcription probe hears in the reconstruction.
+                    rows[f"recon_frames{level}"] = pitch_features(est)
         return rows
 
     @functools.cached_property

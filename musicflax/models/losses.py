@@ -25,6 +25,12 @@ def _window_mean(x: jax.Array) -> jax.Array:
     return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
 
 
+def _norm(x: jax.Array) -> jax.Array:
+    """L2 norm over axis 1 whose gradient is 0, not NaN, where x is 0 (a silent prediction of a
+    silent window)."""
+    return jnp.sqrt(jnp.sum(x ** 2, axis=1) + 1e-20)
+
+
 def pianoroll_loss(logits: jax.Array, targets: jax.Array, onset_channels: jax.Array,
                    onset_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per window: mean BCE over the note channels + onset_weight * mean BCE over the onset
@@ -81,8 +87,7 @@ def waveform_loss(pred: jax.Array, target: jax.Array,
     for n_fft, hop, win_length in stft_resolutions:
         s_pred = stft_magnitude(pred, n_fft, hop, win_length).reshape(batch, -1)
         s_target = stft_magnitude(target, n_fft, hop, win_length).reshape(batch, -1)
-        convergence += (jnp.linalg.norm(s_target - s_pred, axis=1)
-                        / jnp.linalg.norm(s_target, axis=1))
+        convergence += _norm(s_target - s_pred) / _norm(s_target)
         log_magnitude += jnp.mean(jnp.abs(jnp.log(s_target) - jnp.log(s_pred)), axis=1)
     convergence /= len(stft_resolutions)
     log_magnitude /= len(stft_resolutions)

@@ -28,7 +28,7 @@ from musicflax.train.step import TrainState, make_optimizer
 from musicflax.hierarchy import Hierarchy
 from musicflax.train.prior_task import PriorTask
 from musicflax.train.task import Task
-from musicflax.train.vqvae_task import VQVAETask
+from musicflax.train.vqvae_task import ScoreAudioTask, VQVAETask
 
 
 # ---------------------------------------------------------------------------- shardings
@@ -110,7 +110,10 @@ def create_task(config: ml_collections.ConfigDict) -> Task:
         return VQVAETask(config)
     if config.task == "prior":
         return PriorTask(config, open_vqvae_of(config))
-    raise app.UserError(f"unknown task {config.task!r}; choose one of ['prior', 'vqvae']")
+    if config.task == "score_audio":
+        return ScoreAudioTask(config)
+    raise app.UserError(f"unknown task {config.task!r}; choose one of ['prior', 'score_audio', "
+                        "'vqvae']")
 
 
 def pin_vqvae(config: ml_collections.ConfigDict) -> None:

@@ -141,17 +141,29 @@ class VQVAEModel:
 
     def render_images(self, batch, outputs, step: int) -> np.ndarray:
         """Original vs reconstruction of each window of the batch, stacked."""
+        if self.representation != "pianoroll":
+            return spectrogram_comparisons(batch, outputs["recon"],
+                                           int(self.config.data.sample_rate), step)
         images = []
         for i in range(len(batch["recording_id"])):
-            title = (f"step {step}: recording {batch['recording_id'][i]} at "
-                     f"{batch['start_time'][i]:.1f} s")
-            recon = outputs["recon"][i]
-            if self.representation == "pianoroll":
-                probs = 1 / (1 + np.exp(-recon[:, :self.num_channels]))
-                images.append(plots.render_roll_comparison(
-                    batch["inputs"][i], probs, self.frame_rate, title, self.groups.names))
-            else:
-                images.append(plots.render_spectrogram_comparison(
-                    batch["inputs"][i, :, 0], recon[:, 0], int(self.config.data.sample_rate),
-                    title))
+            probs = 1 / (1 + np.exp(-outputs["recon"][i][:, :self.num_channels]))
+            images.append(plots.render_roll_comparison(
+                batch["inputs"][i], probs, self.frame_rate, _title(batch, i, step),
+                self.groups.names))
         return np.concatenate(images, axis=0)
+
+    @property
+    def levels(self) -> int:
+        return self.model.levels
+
+
+def _title(batch, i: int, step: int) -> str:
+    return (f"step {step}: recording {batch['recording_id'][i]} at "
+            f"{batch['start_time'][i]:.1f} s")
+
+
+def spectrogram_comparisons(batch, recon: np.ndarray, sample_rate: int, step: int) -> np.ndarray:
+    """Spectrograms of each window's audio vs its reconstruction [B, T, 1], stacked."""
+    return np.concatenate([plots.render_spectrogram_comparison(
+        batch["inputs"][i, :, 0], recon[i, :, 0], sample_rate, _title(batch, i, step))
+        for i in range(len(batch["recording_id"]))], axis=0)

@@ -31,15 +31,17 @@ def check(evals) -> None:
         raise app.UserError(f"unknown evaluators {sorted(unknown)}; known: {list(EVALUATORS)}")
 
 
+# Evaluators that read the pitch probe's features of waveform windows (costly to compute).
+NEEDS_PITCH_FEATURES = ("probes",)
+
+
 def evaluate(ctx, evals) -> dict[str, dict]:
     """One section per enabled evaluator of `evals` (a config: name -> settings)."""
     check(evals)
-    report = {}
-    for name, run in EVALUATORS.items():
-        settings = (evals or {}).get(name)
-        if settings is not None and settings.get("enabled", True):
-            report[name] = run(ctx, settings)
-    return report
+    enabled = {name: settings for name, settings in (evals or {}).items()
+               if settings is not None and settings.get("enabled", True)}
+    ctx.pitch_features = any(name in enabled for name in NEEDS_PITCH_FEATURES)
+    return {name: run(ctx, enabled[name]) for name, run in EVALUATORS.items() if name in enabled}
 
 
 def flat_scalars(tree: dict, prefix: str = "") -> dict[str, float]:

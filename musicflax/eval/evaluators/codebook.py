@@ -14,8 +14,8 @@ from musicflax.models import metrics, quantizers
 
 def run(ctx, cfg) -> dict:
     del cfg
-    if ctx.is_prior:
-        return {"skipped": "a prior has no codebook of its own"}
+    if not ctx.is_vqvae:
+        return {"skipped": f"a {ctx.task.config.task} run has no codebook of its own"}
     task, out = ctx.task, ctx.outputs
     ema = quantizers.ema_cluster_sizes(ctx.state.model_state)
     threshold = task.config.model.quantizer.restart_threshold

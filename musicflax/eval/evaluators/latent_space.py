@@ -12,7 +12,9 @@ from musicflax.eval import statistics
 
 
 def run(ctx, cfg) -> dict:
-    if ctx.is_prior or ctx.out_dir is None:
+    if not ctx.is_vqvae:
+        return {"skipped": f"a {ctx.task.config.task} run has no latent space of its own"}
+    if ctx.out_dir is None:
         return {"skipped": "latent-space figures are written by offline evaluation"}
     out = ctx.outputs
     chosen = np.linspace(0, len(out["pooled0"]) - 1, min(cfg.max_points, len(out["pooled0"])))

@@ -23,7 +23,9 @@ def run(ctx, cfg) -> dict:
     vocab = ctx.windows.data.vocab
     section = {}
     for label, names in (("composer", vocab["composers"]), ("ensemble", vocab["ensembles"])):
-        for level in range(ctx.task.model.levels):
+        for level in range(ctx.levels):
+            if f"pooled{level}" not in train:  # a score-to-audio model has no latents
+                continue
             probe = probe_lib.train_linear_probe(train[f"pooled{level}"], train[label],
                                                  len(names), l2=cfg.l2)
             predicted = probe.predict(held[f"pooled{level}"])
@@ -60,11 +62,15 @@ def _frames(outputs, key: str, limit: int) -> np.ndarray:
 
 def pitch_probe(ctx, cfg, train, held) -> dict:
     """Multi-pitch average precision of multi-label probes from each level's latents and from
-    raw log-frequency spectra (semitone resolution, see audio_metrics)."""
+    raw log-frequency spectra (semitone resolution, see audio_metrics), and of the
+    raw-spectrum probe on each level's reconstructed audio (`level<L>_audio_...`): how much
+    of the labelled pitches a transcriber hears in it; for score-to-audio, in its rendition
+    of the labelled score."""
     limit = int(cfg.get("pitch_train_frames", 20000))
     fit_labels = np.unpackbits(_frames(train, "pitch_labels", limit), axis=-1, count=128)
     eval_labels = np.unpackbits(_frames(held, "pitch_labels", 0), axis=-1, count=128)
-    features = {f"level{l}": f"frame_latents{l}" for l in range(ctx.task.model.levels)}
+    features = {f"level{l}": f"frame_latents{l}" for l in range(ctx.levels)
+                if f"frame_latents{l}" in train}
     features["raw_spectrum"] = "raw_frames"
     out = {"train_frames": int(len(fit_labels)), "eval_frames": int(len(eval_labels))}
     for name, key in features.items():
@@ -72,4 +78,7 @@ def pitch_probe(ctx, cfg, train, held) -> dict:
                                                  l2=cfg.l2)
         out[f"{name}_average_precision"] = probe_lib.average_precision(
             eval_labels, probe.predict_proba(_frames(held, key, 0)))
+    for level in range(ctx.levels):  # `probe` is the raw-spectrum one, fitted last
+        out[f"level{level}_audio_average_precision"] = probe_lib.average_precision(
+            eval_labels, probe.predict_proba(_frames(held, f"recon_frames{level}", 0)))
     return out

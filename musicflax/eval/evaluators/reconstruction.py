@@ -25,7 +25,7 @@ def run(ctx, cfg) -> dict:
     if ctx.is_prior:
         return {"skipped": "a prior reconstructs nothing"}
     section = {}
-    for level in range(ctx.task.model.levels):
+    for level in range(ctx.levels):
         scores = pianoroll_scores(ctx, cfg, level) if ctx.is_pianoroll else \
             waveform_scores(ctx, level)
         section.update({(k if level == 0 else f"level{level}/{k}"): v for k, v in scores.items()})
@@ -123,7 +123,7 @@ def figures(ctx, count: int) -> list[str]:
     names = []
     for i in range(min(count, len(batch["mask"]))):
         one = {k: v[i:i + 1] for k, v in batch.items()}
-        for level in range(ctx.task.model.levels):
+        for level in range(ctx.levels):
             key = "recon" if level == 0 else f"recon_level{level}"
             if key not in outputs:
                 continue
