@@ -28,7 +28,9 @@ def _window_mean(x: jax.Array) -> jax.Array:
 def _norm(x: jax.Array) -> jax.Array:
     """L2 norm over axis 1 whose gradient is 0, not NaN, where x is 0 (a silent prediction of a
     silent window)."""
-    return jnp.sqrt(jnp.sum(x ** 2, axis=1) + 1e-20)
+    squares = jnp.sum(x ** 2, axis=1)
+    nonzero = squares > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squares, 1.0)), 0.0)
 
 
 def pianoroll_loss(logits: jax.Array, targets: jax.Array, onset_channels: jax.Array,
