@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 
 import numpy as np
 from absl import flags
@@ -109,8 +110,9 @@ class ScoreRenderer:
 
     def render(self, notes: dict, seconds: float, where: str) -> np.ndarray:
         """Audio [seconds * sample_rate] of notes."""
-        import time  # pylint: disable=g-import-not-at-top
-        roll, onsets = self.score(notes, seconds, where)
+        return self.render_score(*self.score(notes, seconds, where), seconds)
+
+    def render_score(self, roll: np.ndarray, onsets: np.ndarray, seconds: float) -> np.ndarray:
         begin = time.perf_counter()
         wave = self.task.render(self.run.state.params, roll, onsets)
         self.seconds += time.perf_counter() - begin
@@ -136,8 +138,8 @@ def render_midi(renderer: ScoreRenderer) -> None:
     if not len(notes["pitch"]):
         raise app.UserError(f"{path}: no notes to render")
     seconds = float(notes["end"].max())
-    wave = renderer.render(notes, seconds, str(path))
     roll, onsets = renderer.score(notes, seconds, str(path))
+    wave = renderer.render_score(roll, onsets, seconds)
     out = output_folder(renderer.run.workdir)
     name = out / path.stem
     renderer.write(f"{name}_score_audio.wav", wave)

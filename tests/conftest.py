@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
 from pathlib import Path
 
@@ -85,6 +86,17 @@ def quartet_rows(rec_id: int) -> list[str]:
 def write_quartets(root: Path, **kw) -> Path:
     return write_musicnet(root, QUARTETS, with_audio=False, rows_for=quartet_rows,
                           seconds=8.0, **kw)
+
+
+def write_synthesized_tiny(root: Path) -> Path:
+    """The tiny folder without WAVs, marked as a sample set whose audio is synthesized from
+    its labels (validation: 1728, 1733)."""
+    from musicflax.data import musicnet  # pylint: disable=g-import-not-at-top
+    source = write_musicnet(root, with_audio=False)
+    (source / musicnet.SAMPLE_SET_MARKER).write_text(json.dumps(
+        {"name": "tiny", "audio": "synthesized",
+         "splits": {"musicnet": {"validation": [1728, 1733]}}}))
+    return source
 
 
 @pytest.fixture

@@ -226,14 +226,10 @@ def test_clear_errors_for_missing_workdir_and_corrupt_checkpoint(runs, tmp_path)
 def test_waveform_report_has_audio_metrics_and_the_pitch_probe(tmp_path):
     import conftest  # pylint: disable=g-import-not-at-top
     from configs import waveform  # pylint: disable=g-import-not-at-top
-    from musicflax.data import musicnet  # pylint: disable=g-import-not-at-top
     from musicflax.eval import audio_metrics  # pylint: disable=g-import-not-at-top
     from musicflax.train import run, trainer  # pylint: disable=g-import-not-at-top
 
-    source = conftest.write_musicnet(tmp_path / "src", with_audio=False)
-    (source / musicnet.SAMPLE_SET_MARKER).write_text(json.dumps(
-        {"name": "tiny", "audio": "synthesized",
-         "splits": {"musicnet": {"validation": [1728, 1733]}}}))
+    source = conftest.write_synthesized_tiny(tmp_path / "src")
     config = waveform.get_config("runlocal")
     config.data.update(source=str(source), tfds_data_dir=str(tmp_path / "tfds"))
     config.model.update(width=8, res_depth=1, levels=2, downs_t=(3, 2), strides_t=(2, 2))
