@@ -23,6 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TPU = ["--name", "mf", "--zone", "us-central2-b"]
 WORKDIR = "gs://bucket/runs/a"
+DEFAULT_SIGINT_EXEC = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "os.execvp(sys.argv[1], sys.argv[1:])")
 
 STUB = r'''#!PYTHON
 """A fake gcloud: answers from script.json, records calls in calls.jsonl."""
@@ -375,8 +377,12 @@ def test_queued_resource_active_without_its_node(gcloud):
 
 
 def test_a_second_watch_is_refused(gcloud):
+    # Ctrl-C must stop a watch, but bash cannot trap a signal ignored when it starts, and
+    # whether this process ignores SIGINT depends on how pytest was started (detached: it
+    # does) and on what earlier tests did: exec the watch with SIGINT at its default.
     first = subprocess.Popen(
-        ["bash", str(REPO / "launch" / "tpu_vm.sh"), "watch", *TPU, "--type", "v5p-8",
+        [sys.executable, "-c", DEFAULT_SIGINT_EXEC,
+         "bash", str(REPO / "launch" / "tpu_vm.sh"), "watch", *TPU, "--type", "v5p-8",
          "--workdir", WORKDIR, "--interval", "0.2"],
         env=gcloud.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     locks = lambda: list(gcloud.root.glob("musicflax-watch-*.lock"))  # noqa: E731
