@@ -64,8 +64,8 @@ class Hierarchy:
                     continue
                 seq = codeset.sequences()[hit[0]]
                 count = max(1, round(seconds * codeset.codes_per_second))
-                if task.upper_level >= 0:  # whole coarse codes: the alignment of its windows
-                    count = math.ceil(count / task.upper_hop) * task.upper_hop
+                # Whole coarse codes / positions: the alignment of its windows.
+                count = math.ceil(count / task.align) * task.align
                 if count >= len(seq):
                     raise app.UserError(f"recording {recording} has only "
                                         f"{len(seq) / codeset.codes_per_second:.1f} s of codes")
@@ -88,7 +88,8 @@ class Hierarchy:
         tokens, stats, upper = [], [], None
         for depth, (opened, task) in enumerate(zip(self.runs, self.tasks)):
             if upper is None:
-                length = max(1, math.ceil(seconds * task.codes_per_second))
+                length = max(1, math.ceil(seconds * task.codes_per_second / task.align))
+                length *= task.align
             else:
                 length = upper.shape[1] * task.upper_hop
             prime = None if primes is None else np.broadcast_to(primes[depth],

@@ -276,3 +276,51 @@ def test_sample_logits_greedy_and_filtered_draws():
     # Top-2, and the nucleus of mass 0.5 (probabilities 0.47 and 0.29 lead), draw both of theirs.
     assert set(np.unique(sample(key, logits, 1.0, 2, 1.0))) == {2, 3}
     assert set(np.unique(sample(key, logits, 1.0, 0, 0.5))) == {2, 3}
+
+
+def test_residual_stages_keep_each_position_to_its_codebook():
+    """With stages=2 (tokens s*16 + c), a position's distribution lies on its stage's 16 codes
+    (also at an odd window offset and through the cache), and sampling past the context, with
+    its window rebuilds at odd offsets, only ever draws tokens of the position's stage."""
+    model = tiny_prior(stages=2)
+    codes = jnp.asarray(np.random.default_rng(0).integers(16, size=(2, 40)) +
+                        16 * (np.arange(40) % 2), jnp.int32)
+    ids = jnp.array([0, 1])
+    params = model.init(jax.random.key(0), codes[:, :CONTEXT], ids, ids)["params"]
+    for offset in (0, 3):
+        window = codes[:, offset:offset + CONTEXT]
+        logits = model.apply({"params": params}, window, ids, ids, offset=offset)
+        probs = np.asarray(jax.nn.softmax(logits))
+        stage = (offset + np.arange(CONTEXT)) % 2
+        own = np.stack([probs[:, t, 16 * s:16 * s + 16].sum(-1) for t, s in enumerate(stage)], 1)
+        np.testing.assert_allclose(own, 1.0, atol=1e-6)
+        cache = model.init_cache(2)
+        for t in range(CONTEXT):
+            step, cache = model.apply({"params": params}, window[:, max(t - 1, 0)], t, ids, ids,
+                                      cache, None, offset, method="decode_step")
+            np.testing.assert_allclose(step, logits[:, t], atol=1e-4)
+    drawn = np.asarray(model.sample(params, jax.random.key(1), 2, 40, ids, prime=codes[:, :2]))
+    np.testing.assert_array_equal(drawn // 16, np.broadcast_to(np.arange(40) % 2, (2, 40)))
+    with pytest.raises(ValueError, match="stages=3"):
+        tiny_prior(stages=3).init(jax.random.key(0), codes[:, :CONTEXT], ids, ids)
+
+
+def test_baselines_of_residual_tokens_model_each_stage():
+    """2 stages of K=2 (tokens 0,1 | 2,3): unigram and bigram within a position's stage."""
+    from musicflax.eval.evaluators.prior import baseline_bits  # pylint: disable=g-import-not-at-top
+    from musicflax.train.codes import CodeSet  # pylint: disable=g-import-not-at-top
+
+    def codeset(tokens):
+        one = np.zeros(1, np.int32)
+        return CodeSet(codes=np.asarray(tokens, np.int32), offsets=np.array([0, len(tokens)]),
+                       ids=one, composer=one, ensemble=one, vocab_size=4, codes_per_second=1.0,
+                       vocab={}, stages=2)
+
+    bits = baseline_bits(codeset([0, 2, 1, 3, 0, 2]), codeset([1, 3]))
+    # Per stage: 2 of 3 training codes are the first (0 / 2); add-one: 3/5 and 2/5.
+    assert bits["uniform_bits"] == 1.0
+    assert bits["unigram_bits"] == pytest.approx(-(2 / 3) * math.log2(2 / 3) -
+                                                 (1 / 3) * math.log2(1 / 3))
+    assert bits["unigram_xent_bits"] == pytest.approx(-math.log2(0.4))
+    # After 1 (stage 0) come 2 or 3: one count of 1 -> 3 in training, plus one each: 2/3.
+    assert bits["bigram_xent_bits"] == pytest.approx(-math.log2(2 / 3))

@@ -271,16 +271,17 @@ class CodeWindows(TableStream):
     recording `ids`, `composer`, `ensemble` (see musicflax.train.codes.CodeSet). With `upper`
     (the codes of a coarser level of the same recordings, `upper_hop` of these codes per one
     of its), every window starts at a multiple of upper_hop and carries the coarse codes it
-    lies under: batch["upper"] [B, ceil(length / upper_hop)], for an upsampler prior.
+    lies under: batch["upper"] [B, ceil(length / upper_hop)], for an upsampler prior. Without,
+    windows of residual-VQ tokens start at a position's first stage.
     """
 
     def __init__(self, codeset, length: int, hop: int, train: bool, upper=None,
                  upper_hop: int = 1):
         self.window, self.hop, self.jitter = length, hop, train
-        self.align = upper_hop if upper is not None else 1
+        self.align = upper_hop if upper is not None else codeset.stages
         if hop % self.align:
-            raise musicnet.DataError(f"the code hop {hop} must be a multiple of the upsampling "
-                                     f"factor {upper_hop}")
+            raise musicnet.DataError(f"the code hop {hop} must be a multiple of "
+                                     f"{self.align} (tokens a coarse code or a position)")
         self.num_frames = np.diff(codeset.offsets)
         self.rec, self.start = windows.window_table(self.num_frames, length, hop)
         self._check_table("codes")

@@ -56,7 +56,10 @@ _INIT = nn.initializers.normal(0.02)
 def default_prior_config() -> ml_collections.ConfigDict:
     """Every prior field, with defaults for MusicNet codes of the VQ-VAE's default codebook."""
     return ml_collections.ConfigDict(dict(
-        vocab_size=512,         # codebook size K of the level modelled
+        vocab_size=512,         # codebook size K of the level modelled (stages * K for RVQ)
+        # Residual-VQ codes a position: token s*K + c is code c of stage s, at token positions
+        # with position % stages == s; each position's logits cover only its stage's K codes.
+        stages=1,
         num_layers=8,
         num_heads=8,
         head_dim=64,            # d_model = num_heads * head_dim
@@ -151,6 +154,9 @@ class Block(nn.Module):
 
 # ---------------------------------------------------------------------------- model
 
+_OTHER_STAGE = -1e9  # the logit of a token of another residual-VQ stage than the position's
+
+
 class Prior(nn.Module):
     """`__call__(tokens, composer, ensemble, train)` -> logits [B, T, K] (teacher forcing);
     `prefill` / `decode_step` run the same network through a KV cache (`init_cache`);
@@ -169,10 +175,13 @@ class Prior(nn.Module):
     dtype: str = "float32"
     upper_vocab_size: int = 0
     upper_hop: int = 1
+    stages: int = 1
 
     def setup(self):
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype {self.dtype!r} must be 'float32' or 'bfloat16'")
+        if self.vocab_size % self.stages:
+            raise ValueError(f"vocab_size {self.vocab_size} is not stages={self.stages} codebooks")
         width = self.num_heads * self.head_dim
         self.embed = nn.Embed(self.vocab_size, width, embedding_init=_INIT)
         self.start = self.param("start", _INIT, (width,))
@@ -236,6 +245,11 @@ class Prior(nn.Module):
             x, layer_cache = block(x, positions, None if cache is None else cache[i], train)
             new_cache.append(layer_cache)
         logits = self.head(self.final_norm(x)).astype(jnp.float32)
+        if self.stages > 1:
+            stage = (offset + positions) % self.stages
+            token_stage = jnp.arange(self.vocab_size) // (self.vocab_size // self.stages)
+            # Finite, so that guidance's cond - uncond stays 0 there instead of NaN.
+            logits = jnp.where(token_stage == stage[:, None], logits, _OTHER_STAGE)
         return logits, None if cache is None else tuple(new_cache)
 
     def _start_vector(self, batch_size, composer, ensemble, train):

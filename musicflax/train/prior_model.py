@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from musicflax import app
 from musicflax.models import prior
 
 
@@ -18,17 +19,21 @@ class PriorModel:
     best_mode = "min"
 
     def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, num_composers: int,
-                 num_ensembles: int, upper_vocab_size: int = 0, upper_hop: int = 1):
+                 num_ensembles: int, upper_vocab_size: int = 0, upper_hop: int = 1,
+                 stages: int = 1):
         self.config = config
         model_config = ml_collections.ConfigDict(config.model.to_dict())
         model_config.update(vocab_size=vocab_size, num_composers=num_composers,
-                            num_ensembles=num_ensembles)
+                            num_ensembles=num_ensembles, stages=stages)
         model_config.upsampler.update(upper_vocab_size=upper_vocab_size, upper_hop=upper_hop)
         self.model = prior.prior_from_config(model_config)
         self.length = int(config.model.max_len)
         if upper_vocab_size and self.length % upper_hop:
-            raise ValueError(f"model.max_len={self.length} must be a multiple of the "
-                             f"upsampling factor {upper_hop}")
+            raise app.UserError(f"model.max_len={self.length} must be a multiple of the "
+                                f"upsampling factor {upper_hop}")
+        if self.length % stages:
+            raise app.UserError(f"model.max_len={self.length} must be a multiple of the "
+                                f"residual-VQ stages {stages} (a position's tokens stay together)")
         self.upper_length = -(-self.length // upper_hop) if upper_vocab_size else 0
 
     def init(self, rng):

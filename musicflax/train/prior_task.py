@@ -49,7 +49,13 @@ class PriorTask(PriorModel, Task):
             # This level's tokens per coarse code: the ratio of hops, times its stages.
             self.upper_hop = hops[self.upper_level] // hops[self.level] * self.train_codes.stages
         super().__init__(config, self.train_codes.vocab_size, len(self.vocab["composers"]),
-                         len(self.vocab["ensembles"]), upper_vocab, self.upper_hop)
+                         len(self.vocab["ensembles"]), upper_vocab, self.upper_hop,
+                         self.train_codes.stages)
+
+    @property
+    def align(self) -> int:
+        """Tokens that stay together: a coarse code's (upsampler) or a position's stages."""
+        return self.upper_hop if self.upper_level >= 0 else self.train_codes.stages
 
     def codes(self, split: str, data: ml_collections.ConfigDict | None = None,
               level: int | None = None) -> codes.CodeSet:

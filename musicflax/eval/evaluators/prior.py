@@ -15,19 +15,25 @@ def baseline_bits(train, evaluated) -> dict[str, float]:
     uniform_bits = log2 K; unigram_bits = entropy of the training code distribution;
     unigram_xent_bits / bigram_xent_bits: cross-entropies on the evaluated codes of the
     unigram and of a bigram model of the training codes (add-one smoothing): what a prior's
-    bits on those codes compare with.
+    bits on those codes compare with. Residual-VQ tokens (S stages of K codes) are modelled
+    as the prior models them: each within its position's stage (K = one stage's codebook).
     """
-    k = train.vocab_size
-    counts = np.bincount(train.codes, minlength=k).astype(np.float64)
-    p = counts / counts.sum()
-    smoothed = (counts + 1) / (counts.sum() + k)
-    pairs = np.ones((k, k))
+    stages = train.stages
+    k = train.vocab_size // stages
+    stage_of = np.arange(train.vocab_size) // k
+    counts = np.bincount(train.codes, minlength=train.vocab_size).astype(np.float64)
+    per_stage = counts.reshape(stages, k)
+    p = per_stage / per_stage.sum(axis=1, keepdims=True)
+    smoothed = ((per_stage + 1) / (per_stage.sum(axis=1, keepdims=True) + k)).ravel()
+    # Add-one over the codes of the next position's stage only.
+    pairs = (stage_of[None, :] == (stage_of[:, None] + 1) % stages).astype(np.float64)
     for seq in train.sequences():
         np.add.at(pairs, (seq[:-1], seq[1:]), 1)
     pairs /= pairs.sum(axis=1, keepdims=True)
     bits = [-np.log2(pairs[s[:-1], s[1:]]) for s in evaluated.sequences() if len(s) > 1]
+    entropy = -np.sum(np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0), axis=1)
     return {"uniform_bits": float(np.log2(k)),
-            "unigram_bits": float(-np.sum(p[p > 0] * np.log2(p[p > 0]))),
+            "unigram_bits": float(np.mean(entropy)),
             "unigram_xent_bits": float(-np.mean(np.log2(smoothed[evaluated.codes]))),
             "bigram_xent_bits": float(np.mean(np.concatenate(bits)))}
 
