@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from musicflax.data import input_pipeline
+from musicflax.data import input_pipeline, musicnet
 from musicflax.models import quantizers
 from musicflax.train import codes, run, trainer
 
@@ -105,6 +105,22 @@ def test_tokens_of_residual_vq_and_windows_of_an_upsampler():
                                                               + np.arange(2)])
 
 
+def test_windows_of_residual_tokens_start_at_a_position():
+    """A top-level prior's windows over 2-stage tokens start on stage 0, jitter included; a
+    hop that would split a position is refused."""
+    tokens = codes.CodeSet(codes=np.arange(40, dtype=np.int32), offsets=np.array([0, 22, 40]),
+                           ids=np.array([1, 2], np.int32), composer=np.zeros(2, np.int32),
+                           ensemble=np.zeros(2, np.int32), vocab_size=64, codes_per_second=2.0,
+                           vocab={"composers": ["a"], "ensembles": ["b"]}, stages=2)
+    train = input_pipeline.CodeWindows(tokens, length=6, hop=8, train=True)
+    starts = [int(first) - tokens.offsets[int(first >= 22)]
+              for _, b in zip(range(8), train.train_dataset(4, seed=0).as_numpy_iterator())
+              for first in b["codes"][:, 0]]
+    assert len(set(starts)) > 2 and all(start % 2 == 0 for start in starts)
+    with pytest.raises(musicnet.DataError, match="multiple of 2"):
+        input_pipeline.CodeWindows(tokens, length=6, hop=3, train=True)
+
+
 @pytest.fixture(scope="module")
 def hierarchy(tmp_path_factory):
     """A tiny two-level VQ-VAE (hops 2 and 4; residual VQ of 2 stages at the finest), a
@@ -120,7 +136,7 @@ def hierarchy(tmp_path_factory):
     vqvae.eval_every = vqvae.checkpoint_every = 6
     vqvae.image_every = 0
     trainer.train_and_evaluate(vqvae, str(root / "vqvae"))
-    for name, level, upper in (("top", 1, -1), ("up0", 0, 1)):
+    for name, level, upper in (("top", 1, -1), ("up0", 0, 1), ("flat0", 0, -1)):
         config = prior_config_for(root, tfds_dir, steps=3)
         config.prior.update(level=level, upper_level=upper, train_hop=8)
         trainer.train_and_evaluate(config, str(root / name))
@@ -140,6 +156,25 @@ def test_residual_codes_become_one_token_vocabulary(hierarchy):
     np.testing.assert_array_equal(prior.tokens_to_codes(fine.codes[None, :8])[0],
                                   tokens[:4] - [0, 32])
     assert prior.upper_hop == 4 and prior.model.upper_vocab_size == 16
+
+
+def test_a_top_level_prior_over_residual_tokens_samples_whole_positions(hierarchy):
+    """A single prior over level 0's 2-stage tokens: lengths and primes round up to whole
+    positions, every token lies in its position's stage, and the codes decode."""
+    from musicflax.hierarchy import Hierarchy  # pylint: disable=g-import-not-at-top
+    flat = Hierarchy((run.open_run(hierarchy / "flat0"),))
+    task = flat.finest
+    assert task.align == 2 and task.model.stages == 2
+    odd = 5 / task.codes_per_second  # 5 tokens' worth of music
+    (tokens,), (stats,) = flat.sample(0, 2, odd)
+    assert tokens.shape == (2, 6) and stats["tokens"] == 6
+    np.testing.assert_array_equal(tokens // 32, np.broadcast_to(np.arange(6) % 2, (2, 6)))
+    recording = int(task.codes("validation").ids[0])
+    (prime,) = flat.prime(recording, 3 / task.codes_per_second)
+    assert len(prime) == 4
+    (primed,), _ = flat.sample(0, 1, 8 / task.codes_per_second, primes=[prime])
+    np.testing.assert_array_equal(primed[0, :4], prime)
+    assert task.decode(tokens)[0]["roll"].shape[0] == 3 * 2  # 3 positions at hop 2
 
 
 def test_ancestral_sampling_and_the_hierarchy_report(hierarchy, tmp_path):
