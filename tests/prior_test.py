@@ -287,6 +287,7 @@ def test_residual_stages_keep_each_position_to_its_codebook():
                         16 * (np.arange(40) % 2), jnp.int32)
     ids = jnp.array([0, 1])
     params = model.init(jax.random.key(0), codes[:, :CONTEXT], ids, ids)["params"]
+    decode = jax.jit(lambda *args: model.apply({"params": params}, *args, method="decode_step"))
     for offset in (0, 3):
         window = codes[:, offset:offset + CONTEXT]
         logits = model.apply({"params": params}, window, ids, ids, offset=offset)
@@ -296,8 +297,7 @@ def test_residual_stages_keep_each_position_to_its_codebook():
         np.testing.assert_allclose(own, 1.0, atol=1e-6)
         cache = model.init_cache(2)
         for t in range(CONTEXT):
-            step, cache = model.apply({"params": params}, window[:, max(t - 1, 0)], t, ids, ids,
-                                      cache, None, offset, method="decode_step")
+            step, cache = decode(window[:, max(t - 1, 0)], t, ids, ids, cache, None, offset)
             np.testing.assert_allclose(step, logits[:, t], atol=1e-4)
     drawn = np.asarray(model.sample(params, jax.random.key(1), 2, 40, ids, prime=codes[:, :2]))
     np.testing.assert_array_equal(drawn // 16, np.broadcast_to(np.arange(40) % 2, (2, 40)))
