@@ -88,8 +88,8 @@ class Hierarchy:
         tokens, stats, upper = [], [], None
         for depth, (opened, task) in enumerate(zip(self.runs, self.tasks)):
             if upper is None:
-                length = max(1, math.ceil(seconds * task.codes_per_second / task.align))
-                length *= task.align
+                positions = math.ceil(seconds * task.codes_per_second / task.align)
+                length = max(1, positions) * task.align
             else:
                 length = upper.shape[1] * task.upper_hop
             prime = None if primes is None else np.broadcast_to(primes[depth],

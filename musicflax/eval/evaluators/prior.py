@@ -31,7 +31,7 @@ def baseline_bits(train, evaluated) -> dict[str, float]:
         np.add.at(pairs, (seq[:-1], seq[1:]), 1)
     pairs /= pairs.sum(axis=1, keepdims=True)
     bits = [-np.log2(pairs[s[:-1], s[1:]]) for s in evaluated.sequences() if len(s) > 1]
-    entropy = -np.sum(np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+    entropy = -np.sum(p * np.log2(np.where(p > 0, p, 1.0)), axis=1)  # 0 log 0 = 0
     return {"uniform_bits": float(np.log2(k)),
             "unigram_bits": float(np.mean(entropy)),
             "unigram_xent_bits": float(-np.mean(np.log2(smoothed[evaluated.codes]))),
