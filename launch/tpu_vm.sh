@@ -22,7 +22,8 @@
 #   watch    keep the run alive until its last step (leave it running, e.g. in tmux here).
 #            Every --interval seconds it reads WORKDIR/heartbeat.json and the slice's state:
 #              heartbeat "finished" at the last step: stop watching (and, with
-#                  --delete-when-done, delete the slice once the trainers have exited)
+#                  --delete-when-done, delete the slice once the trainers have exited and
+#                  copied their logs, or after FINISH_WAIT=600 s)
 #              NOT_FOUND, PREEMPTED, TERMINATED, STOPPED (queued resource: SUSPENDED, FAILED,
 #                  or its node gone): delete, create, setup, train
 #              READY but health not HEALTHY for --unhealthy-polls polls in a row: the same
@@ -70,6 +71,7 @@ set -euo pipefail
 PROG=launch/tpu_vm.sh
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 JAX_SPEC='jax[tpu]==0.10.2'
+FINISH_WAIT=600  # seconds a finished run's trainers get to save, copy their logs and exit
 
 source "$REPO/launch/common.sh"
 
@@ -388,7 +390,7 @@ case $command in
     pin "$stage/musicflax-src.tar.gz" || die "could not get the run's code (see above)"
     log "watching (every $interval s; workdir $workdir)"
 
-    polls=0 unhealthy=0 unreachable=0 restarts=0 progress=-1 started_at=0 finishing=0
+    polls=0 unhealthy=0 unreachable=0 restarts=0 progress=-1 started_at=0 finishing_since=0
 
     give_up() {
       log "giving up on this slice: $1"
@@ -439,8 +441,12 @@ case $command in
           exit 0
         fi
         check_workers
-        if [[ $workers == running && finishing -lt retries ]]; then
-          finishing=$((finishing + 1)); log "finished at step $hb_step; waiting for the trainers to exit"
+        now=$(date +%s)
+        if [[ $workers == running ]] && ((finishing_since == 0 || now - finishing_since < FINISH_WAIT)); then
+          if ((finishing_since == 0)); then
+            finishing_since=$now
+            log "finished at step $hb_step; waiting for the trainers to exit (at most $FINISH_WAIT s)"
+          fi
         else
           log "finished: step $hb_step saved; deleting the slice"
           do_delete --quiet || log "delete failed (gone already?): check with $PROG status"
