@@ -183,6 +183,25 @@ def test_multilabel_probe_on_linear_and_random_features():
     assert abs(ap - targets[800:].mean()) < 0.05
 
 
+def test_probes_reach_the_optimum_of_scikit_learns_regressions():
+    from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+    x, y = blobs(3, per_class=40)
+    x[:, 0] *= 5.0  # standardisation is part of the probe: sklearn sees the standardised x
+    l2 = 0.05
+    standard = (x - x.mean(axis=0)) / x.std(axis=0)
+    # sklearn minimises 0.5·‖W‖² + C·Σ loss = N·C·(mean loss + (l2 / 2)·‖W‖²) for C = 1/(l2·N).
+    ours = probes.train_linear_probe(x, y, 3, l2=l2)
+    theirs = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=5000).fit(standard, y)
+    np.testing.assert_allclose(ours.predict_proba(x), theirs.predict_proba(standard), atol=1e-4)
+    targets = np.stack([y == 0, (y == 1) | (x[:, 2] > 0)], axis=1)
+    ours = probes.train_multilabel_probe(x, targets, l2=l2)
+    for k in range(targets.shape[1]):
+        theirs = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=5000).fit(
+            standard, targets[:, k])
+        np.testing.assert_allclose(ours.predict_proba(x)[:, k],
+                                   theirs.predict_proba(standard)[:, 1], atol=1e-4)
+
+
 # ---------------------------------------------------------------- statistics
 
 def triad(frames: int = 10, groups: int = 1) -> np.ndarray:
