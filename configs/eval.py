@@ -33,7 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         reconstruction=dict(enabled=True, multipitch=True, write_notes=True, figures=4),
         probes=dict(enabled=True, l2=1e-3, max_train_windows=4000, pitch_train_frames=20000),
         latent_space=dict(enabled=True, max_points=2000, interpolation_steps=8),
-        prior=dict(enabled=True, workdir=""),
+        # temperatures: also the bits under softmax(logits / t), what sampling at t draws
+        # from; the lowest at t = 1 says the prior is calibrated on this split.
+        prior=dict(enabled=True, workdir="", temperatures=(0.9, 1.0, 1.1, 1.2)),
         # seconds 0: samples as long as a window of the VQ-VAE.
         generated=dict(enabled=True, workdir="", num_samples=16, seed=0, seconds=0.0,
                        temperature=1.0, top_p=1.0),

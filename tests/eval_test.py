@@ -180,6 +180,10 @@ def test_probes_and_generated_use_the_whole_data(runs, report):
     assert prior["uniform_bits"] == pytest.approx(5.0)
     assert prior["reduction_vs_unigram"] == pytest.approx(
         1 - prior["bits_per_code"] / prior["unigram_xent_bits"])
+    tempered = prior["bits_per_code_at_temperature"]
+    assert list(tempered) == ["0.9", "1", "1.1", "1.2"]
+    assert tempered["1"] == pytest.approx(prior["bits_per_code"], rel=1e-6)
+    assert prior["best_temperature"] == float(min(tempered, key=tempered.get))
 
 
 def test_validation_loss_does_not_depend_on_the_batch_size(runs, tmp_path):

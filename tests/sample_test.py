@@ -60,6 +60,22 @@ def test_prior_trains_through_the_shared_loop_and_resumes_exactly(runs):
         nll / count / np.log(2), rel=1e-5)
 
 
+def test_tempered_bits_are_those_of_the_scaled_softmax(runs):
+    root, _ = runs
+    prior = run.open_run(root / "prior")
+    batch = next(prior.task.eval_windows("validation").eval_dataset(8).as_numpy_iterator())
+    out = prior.task.eval_outputs(prior.state.params, {}, batch, temperatures=(0.5, 1.0, 2.0))
+    logits = np.asarray(prior.task.model.apply({"params": prior.state.params}, batch["codes"],
+                                               batch["composer"], batch["ensemble"]), np.float64)
+    for j, t in enumerate((0.5, 1.0, 2.0)):
+        scaled = logits / t
+        log_p = scaled - scaled.max(-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+        nats = -np.take_along_axis(log_p, batch["codes"][..., None], -1)[..., 0].sum(1)
+        np.testing.assert_allclose(np.asarray(out["nll_tempered"])[:, j], nats, rtol=1e-4)
+    np.testing.assert_allclose(out["nll_tempered"][:, 1], out["nll"], rtol=1e-6)
+
+
 def sample(root, out, *extra):
     proc = subprocess.run(
         [sys.executable, "-m", "musicflax.sample", f"--workdir={root / 'prior'}",

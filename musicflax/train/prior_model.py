@@ -54,12 +54,21 @@ class PriorModel:
         loss, parts = prior.prior_loss(logits, batch["codes"])
         return loss, (parts, model_state)
 
-    def eval_outputs(self, params, model_state, batch) -> dict:
-        """Per window: summed negative log-likelihood (nats), correct top-1 guesses, codes."""
+    def eval_outputs(self, params, model_state, batch, temperatures: tuple = ()) -> dict:
+        """Per window: summed negative log-likelihood (nats), correct top-1 guesses, codes;
+        with `temperatures`, "nll_tempered" [B, len(temperatures)]: the nats of the codes
+        under softmax(logits / t), the distribution sampling at temperature t draws from."""
         del model_state
         logits = self._logits(params, batch, None, False)
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["codes"][..., None],
-                                   axis=-1)[..., 0]
+
+        def nll_at(t: float):
+            log_p = jax.nn.log_softmax(logits / t)
+            return -jnp.sum(jnp.take_along_axis(log_p, batch["codes"][..., None], axis=-1)[..., 0],
+                            axis=1)
+        nll = nll_at(1.0)
         correct = (jnp.argmax(logits, -1) == batch["codes"]).astype(jnp.float32)
-        return {"nll": jnp.sum(nll, axis=1), "correct": jnp.sum(correct, axis=1),
-                "codes": jnp.full(nll.shape[:1], nll.shape[1], jnp.float32)}
+        out = {"nll": nll, "correct": jnp.sum(correct, axis=1),
+               "codes": jnp.full(nll.shape, logits.shape[1], jnp.float32)}
+        if temperatures:
+            out["nll_tempered"] = jnp.stack([nll_at(float(t)) for t in temperatures], axis=1)
+        return out

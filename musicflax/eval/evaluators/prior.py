@@ -1,9 +1,11 @@
 """How well a prior models a split's codes: bits per code and per second and top-1 accuracy,
 beside what simple models fit on the training codes achieve on the same codes (uniform,
-unigram, bigram), over every code of the split (non-overlapping windows of the context)."""
+unigram, bigram), over every code of the split (non-overlapping windows of the context);
+with `temperatures`, the bits under each sampling temperature and the best of them."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -38,16 +40,21 @@ def baseline_bits(train, evaluated) -> dict[str, float]:
             "bigram_xent_bits": float(np.mean(np.concatenate(bits)))}
 
 
-def level_scores(ctx, prior) -> dict:
-    """The bits of one prior on the split's codes of its level, with the baselines."""
+def level_scores(ctx, prior, temperatures: tuple = ()) -> dict:
+    """The bits of one prior on the split's codes of its level, with the baselines, and at
+    each of `temperatures` (whether sampling at temperature 1 is calibrated)."""
     task = prior.task
     data = None if ctx.is_prior else ctx.task.config.data
     split_codes = task.codes(ctx.split, data)
     sums = {"nll": 0.0, "correct": 0.0, "codes": 0.0}
-    for batch, out in prior.runner(task.eval_outputs, prior.state,
+    tempered = np.zeros(len(temperatures))
+    outputs = functools.partial(task.eval_outputs, temperatures=temperatures)
+    for batch, out in prior.runner(outputs, prior.state,
                                    ctx.batches(task.eval_windows(ctx.split, data))):
         mask = np.asarray(batch["mask"], bool)
         sums = {k: sums[k] + float(np.sum(np.asarray(out[k])[mask])) for k in sums}
+        if temperatures:
+            tempered += np.asarray(out["nll_tempered"])[mask].sum(axis=0)
     bits = sums["nll"] / max(sums["codes"], 1.0) / math.log(2)
     section = {"bits_per_code": bits, "bits_per_second": bits * split_codes.codes_per_second,
                "accuracy": sums["correct"] / max(sums["codes"], 1.0),
@@ -60,17 +67,22 @@ def level_scores(ctx, prior) -> dict:
                    context_seconds=task.length / split_codes.codes_per_second,
                    level=task.level, upper_level=task.upper_level,
                    prior_step=int(prior.state.step))
+    if temperatures:
+        at = tempered / max(sums["codes"], 1.0) / math.log(2)
+        section["bits_per_code_at_temperature"] = {f"{t:g}": float(b)
+                                                   for t, b in zip(temperatures, at)}
+        section["best_temperature"] = float(temperatures[int(np.argmin(at))])
     return section
 
 
 def run(ctx, cfg) -> dict:
     """One prior: its scores. A hierarchy: per level, and the bits per second of music the
     whole hierarchy spends to describe the finest level (the sum over its levels)."""
-    del cfg
     if not ctx.priors:
         return {"skipped": "no prior given (--config.evals.prior.workdir=...)"}
+    temperatures = tuple(float(t) for t in cfg.get("temperatures", ()))
     if len(ctx.priors) == 1:
-        return level_scores(ctx, ctx.priors[0])
-    section = {f"level{p.task.level}": level_scores(ctx, p) for p in ctx.priors}
+        return level_scores(ctx, ctx.priors[0], temperatures)
+    section = {f"level{p.task.level}": level_scores(ctx, p, temperatures) for p in ctx.priors}
     section["total_bits_per_second"] = sum(v["bits_per_second"] for v in section.values())
     return section
