@@ -48,7 +48,10 @@ def level_scores(ctx, prior, temperatures: tuple = ()) -> dict:
     split_codes = task.codes(ctx.split, data)
     sums = {"nll": 0.0, "correct": 0.0, "codes": 0.0}
     tempered = np.zeros(len(temperatures))
-    outputs = functools.partial(task.eval_outputs, temperatures=temperatures)
+    # The runner compiles once per function: the bound method itself when nothing is added
+    # (validation during training), a new partial only for an offline report.
+    outputs = functools.partial(task.eval_outputs, temperatures=temperatures) \
+        if temperatures else task.eval_outputs
     for batch, out in prior.runner(outputs, prior.state,
                                    ctx.batches(task.eval_windows(ctx.split, data))):
         mask = np.asarray(batch["mask"], bool)
