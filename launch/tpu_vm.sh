@@ -23,7 +23,7 @@
 #            Every --interval seconds it reads WORKDIR/heartbeat.json and the slice's state:
 #              heartbeat "finished" at the last step: stop watching (and, with
 #                  --delete-when-done, delete the slice once the trainers have exited and
-#                  copied their logs, or after FINISH_WAIT=600 s)
+#                  copied their logs, waiting at most 600 s)
 #              NOT_FOUND, PREEMPTED, TERMINATED, STOPPED (queued resource: SUSPENDED, FAILED,
 #                  or its node gone): delete, create, setup, train
 #              READY but health not HEALTHY for --unhealthy-polls polls in a row: the same
