@@ -443,10 +443,8 @@ case $command in
         check_workers
         now=$(date +%s)
         if [[ $workers == running ]] && ((finishing_since == 0 || now - finishing_since < FINISH_WAIT)); then
-          if ((finishing_since == 0)); then
-            finishing_since=$now
-            log "finished at step $hb_step; waiting for the trainers to exit (at most $FINISH_WAIT s)"
-          fi
+          ((finishing_since)) || { finishing_since=$now
+            log "finished at step $hb_step; waiting for the trainers to exit (at most $FINISH_WAIT s)"; }
         else
           log "finished: step $hb_step saved; deleting the slice"
           do_delete --quiet || log "delete failed (gone already?): check with $PROG status"
