@@ -41,7 +41,7 @@ TINY = ["--config.batch_size=8", "--config.model.width=16", "--config.model.res_
 MODES = {"replicated": [], "fsdp-images": ["--config.param_sharding=fsdp"]}
 TRAINER_ENV = ["XLA_FLAGS=--xla_force_host_platform_device_count=2",
                "JAX_THREEFRY_PARTITIONABLE=false", "TF_CPP_MIN_LOG_LEVEL=2"]
-STEPS = 60
+STEPS = 30
 
 
 def free_port() -> int:
