@@ -225,6 +225,17 @@ def test_clear_errors_for_missing_workdir_and_corrupt_checkpoint(runs, tmp_path)
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error:"), \
         proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    # A workdir saved by another version, whose model has a field this one lacks.
+    newer = tmp_path / "newer"
+    shutil.copytree(root / "vqvae", newer, ignore=shutil.ignore_patterns("eval", "codes"))
+    saved = json.loads((newer / "config.json").read_text())
+    saved["model"]["future_field"] = 0.5
+    (newer / "config.json").write_text(json.dumps(saved))
+    proc = run_eval(f"--workdir={newer}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: {newer}/config.json: model config field(s) future_field unknown to this "
+        "version's VQVAE")
 
 
 def test_waveform_report_has_audio_metrics_and_the_pitch_probe(tmp_path):

@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from musicflax.models import build
+
 Cache = tuple[dict[str, jax.Array], ...]  # per layer: {"k", "v"} of [B, heads, max_len, head_dim]
 
 _INIT = nn.initializers.normal(0.02)
@@ -80,7 +82,7 @@ def default_prior_config() -> ml_collections.ConfigDict:
 def prior_from_config(config: Mapping[str, Any]) -> "Prior":
     fields = ml_collections.ConfigDict(config).to_dict()
     upsampler = fields.pop("upsampler", {})
-    return Prior(**fields, **upsampler)
+    return build(Prior, **fields, **upsampler)
 
 
 # ---------------------------------------------------------------------------- layers

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from musicflax.models import build
 from musicflax.models.layers import Decoder, Encoder
 from musicflax.models.losses import STFT_RESOLUTIONS
 from musicflax.models.quantizers import make_quantizer
@@ -107,7 +108,7 @@ def vqvae_from_config(model_config: Mapping[str, Any], input_channels: int) -> V
                   level_codebook_sizes=tuple(fields.get("level_codebook_sizes", ())),
                   quantizer=flax.core.FrozenDict(
                       fields["quantizer"], fsq_levels=tuple(fields["quantizer"]["fsq_levels"])))
-    return VQVAE(input_channels=input_channels, **fields)
+    return build(VQVAE, input_channels=input_channels, **fields)
 
 
 class VQVAE(nn.Module):

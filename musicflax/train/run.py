@@ -164,7 +164,10 @@ def open_run(workdir: epath.PathLike, step: int | None = None,
         raise app.UserError(f"{workdir}/checkpoints: no checkpoint to load")
     if step is not None and step not in available:
         raise app.UserError(f"{workdir}/checkpoints: no step {step} (have {list(available)})")
-    task = create_task(config)
+    try:
+        task = create_task(config)
+    except ValueError as e:  # e.g. a model field this version does not have
+        raise app.UserError(f"{workdir}/config.json: {e}") from None
     tx, _ = make_optimizer(config.optim, config.num_train_steps)
     mesh = sharding.make_mesh(1, devices or jax.local_devices()[:1])
     init, layout = state_layout(config, task, tx, mesh)
