@@ -22,7 +22,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from musicflax import app
+from musicflax import app, models
 from musicflax.train import checkpoints, identity, sharding
 from musicflax.train.step import TrainState, make_optimizer
 from musicflax.hierarchy import Hierarchy
@@ -166,7 +166,7 @@ def open_run(workdir: epath.PathLike, step: int | None = None,
         raise app.UserError(f"{workdir}/checkpoints: no step {step} (have {list(available)})")
     try:
         task = create_task(config)
-    except ValueError as e:  # e.g. a model field this version does not have
+    except models.UnknownFieldError as e:
         raise app.UserError(f"{workdir}/config.json: {e}") from None
     tx, _ = make_optimizer(config.optim, config.num_train_steps)
     mesh = sharding.make_mesh(1, devices or jax.local_devices()[:1])
