@@ -34,8 +34,8 @@ setup(
     ],
     extras_require={
         # librosa and scikit-learn pin the hand-written STFT, mel filterbank and average
-        # precision in tests; nothing else uses them.
-        "test": ["pytest>=8", "librosa==0.11.0", "scikit-learn==1.9.1"],
+        # precision in tests; nothing else uses them. pytest-xdist runs test files on 2 workers.
+        "test": ["pytest>=8", "pytest-xdist==3.8.0", "librosa==0.11.0", "scikit-learn==1.9.1"],
         # benchmarks/peer_torch.py only: the PyTorch twin it times musicflax against.
         "bench": ["torch==2.13.0", "vector-quantize-pytorch==1.32.0"],
         # Only scripts/build_sample_set.py needs music21 (to rebuild the shipped sample set).

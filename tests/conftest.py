@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import gzip
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # Tests shard over 8 fake CPU devices; this must be set before JAX starts.
@@ -15,10 +18,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # half the time without it. Tests compare runs under one setting, so either is sound; the
 # subprocesses the tests start inherit it.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
+# Many tests compile the same tiny models, in this process and in the trainers they start:
+# one compilation cache for the whole run (empty at its start) compiles each of them once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="musicflax-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy.io import wavfile  # noqa: E402
+
+# The slowest files first: scripts/test.sh runs each file on one of two workers, and a slow file
+# started last would run alone at the end.
+SLOWEST_FILES = ["multihost_test.py", "launch_ssh_test.py", "eval_test.py", "hierarchy_test.py",
+                 "score_audio_test.py", "sample_test.py", "train_test.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
 
 HEADER = "start_time,end_time,instrument,note,start_beat,end_beat,note_value"
 METADATA = ["id", "composer", "composition", "movement", "ensemble", "source", "transcriber",
