@@ -269,3 +269,32 @@ def test_resume_refuses_a_source_whose_files_changed(tmp_path):
     config.num_train_steps = 3
     with pytest.raises(trainer.app.UserError, match="the source files or data options changed"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_release_freed_memory_hands_the_freed_heap_back():
+    # 200 MB in 100-KB blocks (below malloc's mmap threshold: they live on the heap), then a
+    # block above them, so that freeing them cannot shrink the heap from its top.
+    script = """
+import ctypes, ctypes.util, sys
+from musicflax import app
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+blocks = [libc.malloc(100_000) for _ in range(2000)]
+for b in blocks:
+    ctypes.memset(b, 1, 100_000)
+pin = libc.malloc(1000)
+for b in blocks:
+    libc.free(b)
+before = rss_mb()
+app.release_freed_memory()
+print(before, rss_mb())
+"""
+    if not Path("/proc/self/statm").exists():
+        pytest.skip("needs /proc")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout.split()
+    before, after = map(float, out)
+    assert before - after > 150, (before, after)

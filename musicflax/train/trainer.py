@@ -217,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         raise app.UserError(f"{manager.directory}: {e}") from None
     if state is None:
         state = jax.jit(init, out_shardings=state_sharding)(rng)
+        app.release_freed_memory()  # before the train step compiles: the peak is lower
         logging.info("starting from scratch: %s", task.describe(state.params))
     else:
         logging.info("resumed from step %d (%s)", int(state.step), manager.directory)
@@ -273,6 +274,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 break
             state, metrics = train_step(state, sharding.global_batch(local, mesh))
             step += 1
+            if step == start_step + 1:
+                app.release_freed_memory()
             unchecked += 1
             history.append(metrics)
             last = step == config.num_train_steps
@@ -297,6 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             metrics_at_save = None
             if evaluating:
                 last_eval = validate(state, step)
+                app.release_freed_memory()  # what compiling the evaluators left
                 metrics_at_save = last_eval
                 writer.write_scalars(step, {f"validation/{k}": v for k, v in last_eval.items()})
                 logging.info("validation at step %d: %s", step, "  ".join(
