@@ -8,7 +8,7 @@ exit with status 2, instead of a traceback from deep inside TensorFlow or JAX.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -19,15 +19,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc's, in the running process
+    except (OSError, AttributeError):
+        return None
+
+
 def release_freed_memory() -> None:
     """Returns the heap glibc keeps after XLA compiles (LLVM frees ~0.3 GB a train step it
     compiles on CPU, which malloc would otherwise hold for the rest of the run); a no-op
     without glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if trim := _malloc_trim():
+        trim(0)
 
 
 class UserError(Exception):

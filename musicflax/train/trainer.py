@@ -217,7 +217,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         raise app.UserError(f"{manager.directory}: {e}") from None
     if state is None:
         state = jax.jit(init, out_shardings=state_sharding)(rng)
-        app.release_freed_memory()  # before the train step compiles: the peak is lower
         logging.info("starting from scratch: %s", task.describe(state.params))
     else:
         logging.info("resumed from step %d (%s)", int(state.step), manager.directory)
@@ -275,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             state, metrics = train_step(state, sharding.global_batch(local, mesh))
             step += 1
             if step == start_step + 1:
-                app.release_freed_memory()
+                app.release_freed_memory()  # what compiling init and the step left
             unchecked += 1
             history.append(metrics)
             last = step == config.num_train_steps
