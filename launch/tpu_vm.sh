@@ -489,7 +489,10 @@ case $command in
                     log "READY, training${hb_step:+ at step $hb_step/$hb_total}"
                   fi ;;
                 missing) unreachable=0; log "READY, not set up"; bring_up || true ;;
-                dead) unreachable=0; restart "trainer not running (heartbeat: ${hb_state:-none}${hb_step:+ at step $hb_step})" ;;
+                dead) unreachable=0
+                      read_heartbeat  # the trainers may have finished since this poll read it
+                      if finished; then log "the trainers exited: finished at step $hb_step"
+                      else restart "trainer not running (heartbeat: ${hb_state:-none}${hb_step:+ at step $hb_step})"; fi ;;
                 *) unreachable=$((unreachable + 1))
                    if ((unreachable >= retries)); then give_up "workers unreachable for $unreachable polls"; unreachable=0; fi ;;
               esac

@@ -331,6 +331,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.flush()
         stop.restore()
         heartbeat.beat(step, final)
+    if jax.process_count() > 1:
+        # No trainer exits before process 0 has written that heartbeat: a watcher that saw one
+        # gone while it still said "running" would restart a finished run.
+        multihost_utils.sync_global_devices("musicflax: final heartbeat written")
     if is_chief and last_eval is not None:
         (workdir / "metrics.json").write_text(json.dumps({"step": step, **last_eval}, indent=2))
     return state
