@@ -298,3 +298,22 @@ print(before, rss_mb())
                          check=True, cwd=REPO).stdout.split()
     before, after = map(float, out)
     assert before - after > 150, (before, after)
+
+
+def test_building_a_train_step_loads_no_plotting_or_scipy():
+    # The step is what benchmarks/peer_torch.py times and weighs: matplotlib and scipy (90 MB
+    # of resident memory) belong to the figures, loaded when one is drawn.
+    script = """
+import sys
+from configs import default
+from musicflax.train import step
+from musicflax.train.vqvae_model import VQVAEModel
+config = default.get_config("runlocal")
+model = VQVAEModel(config)
+tx, _ = step.make_optimizer(config.optim, 10)
+step.make_train_step(model, tx)
+print(sorted(m for m in ("matplotlib", "scipy", "tensorflow") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout.split("\n")[-2]
+    assert out == "[]", out

@@ -1,10 +1,10 @@
 """The VQ-VAE stage's pure parts: the module of a config, its loss, its per-window outputs
 for the evaluators, how its outputs are read back as notes, and its figures.
 
-Plain JAX (no data pipeline), so a train step can be built and timed from a config alone;
-musicflax.train.vqvae_task adds the data. Piano-roll models see and reconstruct the roll and
-its onsets side by side (2C channels), so repeated notes, which the roll alone cannot show,
-survive the round trip.
+Plain JAX (no data pipeline; matplotlib only when it draws), so a train step can be built
+and timed from a config alone; musicflax.train.vqvae_task adds the data. Piano-roll models
+see and reconstruct the roll and its onsets side by side (2C channels), so repeated notes,
+which the roll alone cannot show, survive the round trip.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from musicflax.audio import midi, plots
+from musicflax.audio import midi
 from musicflax.data import instruments
 from musicflax.models import losses, metrics, vqvae
 
@@ -144,6 +144,7 @@ class VQVAEModel:
         if self.representation != "pianoroll":
             return spectrogram_comparisons(batch, outputs["recon"],
                                            int(self.config.data.sample_rate), step)
+        from musicflax.audio import plots  # pylint: disable=g-import-not-at-top
         images = []
         for i in range(len(batch["recording_id"])):
             probs = 1 / (1 + np.exp(-outputs["recon"][i][:, :self.num_channels]))
@@ -164,6 +165,7 @@ def _title(batch, i: int, step: int) -> str:
 
 def spectrogram_comparisons(batch, recon: np.ndarray, sample_rate: int, step: int) -> np.ndarray:
     """Spectrograms of each window's audio vs its reconstruction [B, T, 1], stacked."""
+    from musicflax.audio import plots  # pylint: disable=g-import-not-at-top
     return np.concatenate([plots.render_spectrogram_comparison(
         batch["inputs"][i, :, 0], recon[i, :, 0], sample_rate, _title(batch, i, step))
         for i in range(len(batch["recording_id"]))], axis=0)
