@@ -23,46 +23,36 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+def hop(frames: int) -> list[str]:
+    """Overrides of configs/default.py for one level at a hop of `frames` (a power of 2)."""
+    return [f"--config.model.downs_t=({frames.bit_length() - 1},)",
+            "--config.model.strides_t=(2,)"]
+
+
+ONSETS_30 = "--config.model.loss.onset_weight=30"
 # name -> (config, overrides, steps). Hops are frames per code (31.25 frames/s).
 ENTRIES = {
     "hop1": ("configs/default.py", [], 1500),
     # Half the default's rate at the default's time resolution: a 22-code codebook (4.46 bits).
     "hop1k22": ("configs/default.py", ["--config.model.quantizer.codebook_size=22"], 1500),
-    "hop2": ("configs/default.py", ["--config.model.downs_t=(1,)",
-                                    "--config.model.strides_t=(2,)"], 1500),
+    "hop2": ("configs/default.py", hop(2), 1500),
     # Hop 2 with its onsets weighted 30 instead of 10: the codes spend more of their bits on
     # onsets (frame F1 falls); 1900 steps: a little more than the default's 1500-step wall time.
-    "hop2ow30": ("configs/default.py", ["--config.model.downs_t=(1,)",
-                                        "--config.model.strides_t=(2,)",
-                                        "--config.model.loss.onset_weight=30"], 1500),
-    "hop2ow30x1900": ("configs/default.py", ["--config.model.downs_t=(1,)",
-                                             "--config.model.strides_t=(2,)",
-                                             "--config.model.loss.onset_weight=30"], 1900),
+    "hop2ow30": ("configs/default.py", [*hop(2), ONSETS_30], 1500),
+    "hop2ow30x1900": ("configs/default.py", [*hop(2), ONSETS_30], 1900),
     # ... at learning rate 1e-2 (onset F1 at 1500 steps: 3e-3 0.878, 6e-3 0.892, 1e-2 0.903,
     # 2e-2 0.882), for as many steps as fit in the default's 1500-step wall time.
-    "hop2ow30lr": ("configs/default.py", ["--config.model.downs_t=(1,)",
-                                          "--config.model.strides_t=(2,)",
-                                          "--config.model.loss.onset_weight=30",
+    "hop2ow30lr": ("configs/default.py", [*hop(2), ONSETS_30,
                                           "--config.optim.learning_rate=1e-2"], 1750),
-    "hop4": ("configs/default.py", ["--config.model.downs_t=(2,)",
-                                    "--config.model.strides_t=(2,)"], 1500),
-    "hop8": ("configs/default.py", ["--config.model.downs_t=(3,)",
-                                    "--config.model.strides_t=(2,)"], 1500),
-    "rvq4x2": ("configs/default.py", ["--config.model.downs_t=(2,)",
-                                      "--config.model.strides_t=(2,)",
-                                      "--config.model.quantizer.type=rvq",
+    "hop4": ("configs/default.py", hop(4), 1500),
+    "hop8": ("configs/default.py", hop(8), 1500),
+    "rvq4x2": ("configs/default.py", [*hop(4), "--config.model.quantizer.type=rvq",
                                       "--config.model.quantizer.stages=2"], 1500),
-    "rvq8x4": ("configs/default.py", ["--config.model.downs_t=(3,)",
-                                      "--config.model.strides_t=(2,)",
-                                      "--config.model.quantizer.type=rvq",
+    "rvq8x4": ("configs/default.py", [*hop(8), "--config.model.quantizer.type=rvq",
                                       "--config.model.quantizer.stages=4"], 1500),
-    "fsq2": ("configs/default.py", ["--config.model.downs_t=(1,)",
-                                    "--config.model.strides_t=(2,)",
-                                    "--config.model.quantizer.type=fsq",
+    "fsq2": ("configs/default.py", [*hop(2), "--config.model.quantizer.type=fsq",
                                     "--config.model.quantizer.fsq_levels=(8,8,8)"], 1500),
-    "fsq4": ("configs/default.py", ["--config.model.downs_t=(2,)",
-                                    "--config.model.strides_t=(2,)",
-                                    "--config.model.quantizer.type=fsq",
+    "fsq4": ("configs/default.py", [*hop(4), "--config.model.quantizer.type=fsq",
                                     "--config.model.quantizer.fsq_levels=(8,8,8,8,8,8)"], 1500),
     "hierarchy": ("configs/hierarchy.py", [], 0),
 }

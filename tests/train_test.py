@@ -315,5 +315,5 @@ step.make_train_step(model, tx)
 print(sorted(m for m in ("matplotlib", "scipy", "tensorflow") if m in sys.modules))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout.split("\n")[-2]
+                         check=True, cwd=REPO).stdout.splitlines()[-1]
     assert out == "[]", out
