@@ -33,6 +33,9 @@ def data_config() -> ml_collections.ConfigDict:
         train_hop_frames=16,         # spacing of the train window table (jittered inside)
         eval_hop_frames=0,           # 0 = non-overlapping eval windows
         jitter=True,
+        # Piano-rolls only: train windows transposed by a uniform draw of -k..k semitones
+        # (notes moved out of 0..127 dropped); 0 = as recorded.
+        pitch_shift=0,
         # Groups of instrument codes (1-based GM programs); each is one block of 128 pitch
         # channels. Map another code by adding it to a group; drop its notes with ';drop:46'.
         instrument_groups="keyboard:1,7;strings:41,42,43,44;winds:61,69,71,72,74",

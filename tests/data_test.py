@@ -238,6 +238,53 @@ def test_pianoroll_windows_match_the_reference_roll(one_note_source, tmp_path):
     assert onset_ref[20, 128 + 69] and onset_ref[:, 128 + 69].sum() == 1
 
 
+def edge_note_rows(rec_id):
+    # A4 (69) on violin over 0.5-11.5 s, so every window sounds, and a piano note at pitch 126
+    # over 0.5-2.5 s: moved up by more than 1 semitone it leaves the roll.
+    return ["22050,507150,41,69,1.0,23.0,Whole", "22050,110250,1,126,1.0,5.0,Whole"]
+
+
+def moved_up(roll, semitones):
+    """A [..., groups, 128] roll with every pitch moved by `semitones`, those leaving 0..127 cut."""
+    out = np.zeros_like(roll)
+    if semitones >= 0:
+        out[..., semitones:] = roll[..., :128 - semitones]
+    else:
+        out[..., :128 + semitones] = roll[..., -semitones:]
+    return out
+
+
+def test_pitch_shift_moves_train_windows_within_range_and_leaves_eval_windows(tmp_path):
+    root = conftest.write_musicnet(tmp_path / "src", with_audio=False, rows_for=edge_note_rows)
+    cfg = data_config(root, tmp_path / "tfds", frame_rate=10.0, window_frames=20,
+                      train_hop_frames=5)
+    plain = input_pipeline.create_windows(cfg, "train")
+    cfg.pitch_shift = 3
+    moved = input_pipeline.create_windows(cfg, "train")
+    shifts = []
+    for a, b in zip(take(plain.train_dataset(4, seed=0), 20),
+                    take(moved.train_dataset(4, seed=0), 20)):
+        # The same windows: the draw disturbs neither the shuffle nor the jitter.
+        np.testing.assert_array_equal(a["start_time"], b["start_time"])
+        np.testing.assert_array_equal(a["recording_id"], b["recording_id"])
+        rolls = [v.reshape(len(v), 20, 3, 128) for v in (a["inputs"], b["inputs"])]
+        onsets = [v.reshape(len(v), 20, 3, 128) for v in (a["onsets"], b["onsets"])]
+        for i in np.flatnonzero(rolls[0].any(axis=(1, 2, 3))):
+            # Each window is moved by one s in -3..3, its onsets with it.
+            (s,) = [s for s in range(-3, 4) if np.array_equal(moved_up(rolls[0][i], s), rolls[1][i])]
+            np.testing.assert_array_equal(moved_up(onsets[0][i], s), onsets[1][i])
+            shifts.append(s)
+    assert set(shifts) == set(range(-3, 4))
+    # transpose=+2 moves every window: the violin's A4 to 71 (group 1), the piano's 126 out.
+    plain.transpose = 2
+    sounding = set()
+    for batch in input_pipeline.as_numpy(plain.eval_dataset(8)):
+        sounding |= set(zip(*np.nonzero(batch["inputs"].reshape(-1, 3, 128).any(0))))
+    assert sounding == {(1, 71)}
+    # Held-out windows are never drawn from pitch_shift.
+    assert input_pipeline.create_windows(cfg, "train", train=False).pitch_shift == 0
+
+
 # ---------------------------------------------------------------- determinism, resume, shards
 
 @pytest.fixture(scope="module")

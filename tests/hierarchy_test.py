@@ -136,9 +136,10 @@ def hierarchy(tmp_path_factory):
     vqvae.eval_every = vqvae.checkpoint_every = 6
     vqvae.image_every = 0
     trainer.train_and_evaluate(vqvae, str(root / "vqvae"))
-    for name, level, upper in (("top", 1, -1), ("up0", 0, 1), ("flat0", 0, -1)):
+    for name, level, upper, shift in (("top", 1, -1, 0), ("up0", 0, 1, 0), ("flat0", 0, -1, 0),
+                                      ("up0_moved", 0, 1, 1)):
         config = prior_config_for(root, tfds_dir, steps=3)
-        config.prior.update(level=level, upper_level=upper, train_hop=8)
+        config.prior.update(level=level, upper_level=upper, train_hop=8, pitch_shift=shift)
         trainer.train_and_evaluate(config, str(root / name))
     return root
 
@@ -156,6 +157,25 @@ def test_residual_codes_become_one_token_vocabulary(hierarchy):
     np.testing.assert_array_equal(prior.tokens_to_codes(fine.codes[None, :8])[0],
                                   tokens[:4] - [0, 32])
     assert prior.upper_hop == 4 and prior.model.upper_vocab_size == 16
+
+
+def test_pitch_shift_trains_an_upsampler_on_aligned_transposed_copies(hierarchy):
+    """prior.pitch_shift=1: the train split's codes at both levels, then those of the split
+    moved down and up a semitone, recording by recording in the same order."""
+    task = run.open_run(hierarchy / "up0_moved").task
+    vqvae = run.open_run(hierarchy / "vqvae")
+    for level, ours in ((0, task.train_codes), (1, task.training_codes(1))):
+        copies = [codes.encode_split(vqvae, "train", level, transpose=t) for t in (0, -1, 1)]
+        as_recorded = copies[0]
+        np.testing.assert_array_equal(ours.ids, np.tile(as_recorded.ids, 3))
+        np.testing.assert_array_equal(ours.codes, np.concatenate([c.codes for c in copies]))
+        np.testing.assert_array_equal(np.diff(ours.offsets), np.tile(np.diff(as_recorded.offsets), 3))
+        # A transposed copy is the encoding of other piano-rolls, cached beside the plain one.
+        assert not np.array_equal(copies[2].codes, as_recorded.codes)
+        assert list((hierarchy / "vqvae" / "codes").rglob(f"level{level}_train+1.npz"))
+    stream = task._windows("train", 8, True)  # pylint: disable=protected-access
+    assert len(stream) > 0 and stream.num_frames.sum() == 3 * np.diff(
+        task.codes("train").offsets).sum()
 
 
 def test_a_top_level_prior_over_residual_tokens_samples_whole_positions(hierarchy):

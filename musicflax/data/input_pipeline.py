@@ -179,6 +179,10 @@ class TableStream:
     hop: int
     jitter: bool = False
     align: int = 1       # window starts stay multiples of this (jitter included)
+    # Piano-roll windows only: every window moved by `transpose` semitones, train windows
+    # also by a uniform draw from [-pitch_shift, pitch_shift].
+    transpose: int = 0
+    pitch_shift: int = 0
     num_threads: int = 0
     prefetch: int = 0
 
@@ -192,6 +196,13 @@ class TableStream:
         if not len(self.rec):
             raise musicnet.DataError(f"no window of {self.window} {what} fits in any recording of the "
                              "split; use shorter windows")
+
+    def _cut(self, rec: tf.Tensor, start: tf.Tensor, shift: tf.Tensor | None = None):
+        """`assemble`, moving the windows by `transpose` (+ `shift` [B]) semitones if any."""
+        if not self.transpose and shift is None:
+            return self.assemble(rec, start)
+        moves = tf.fill(tf.shape(rec), tf.constant(self.transpose, tf.int64))
+        return self.assemble(rec, start, moves if shift is None else moves + shift)
 
     def _dataset(self, steps: tf.data.Dataset, batch_fn) -> tf.data.Dataset:
         options = tf.data.Options()
@@ -220,7 +231,11 @@ class TableStream:
                 shift = shuffled_position(k, seed, epoch, 1, n - 1) % (self.hop // align)
                 last = (tf.gather(num_frames, rec) - self.window) // align * align
                 start = tf.minimum(start + shift * align, last)
-            batch = self.assemble(rec, start)
+            shift = None
+            if self.pitch_shift:
+                shift = shuffled_position(k, seed, epoch, 2, n - 1) % (2 * self.pitch_shift + 1) \
+                    - self.pitch_shift
+            batch = self._cut(rec, start, shift)
             batch["mask"] = tf.ones([rows], tf.bool)
             return batch
 
@@ -239,7 +254,7 @@ class TableStream:
         def batch_at(b):
             g = b * global_batch + shard.index * rows + tf.range(rows, dtype=tf.int64)
             idx = tf.minimum(g, n - 1)
-            batch = self.assemble(tf.gather(table_rec, idx), tf.gather(table_start, idx))
+            batch = self._cut(tf.gather(table_rec, idx), tf.gather(table_start, idx))
             batch["mask"] = g < n
             return batch
 
@@ -259,6 +274,10 @@ class Windows(TableStream):
         self.rec, self.start = windows.window_table(data.num_frames, self.window, self.hop)
         self._check_table("frames")
         self.jitter, self.num_threads, self.prefetch = bool(cfg.jitter), cfg.num_threads, cfg.prefetch
+        self.pitch_shift = int(cfg.get("pitch_shift", 0)) if train else 0
+        if self.pitch_shift and cfg.representation != "pianoroll":
+            raise musicnet.DataError("data.pitch_shift transposes piano-roll windows; "
+                                     f"{cfg.representation} windows cannot be transposed")
         window_samples = int(cfg.window_samples) if cfg.representation == "waveform" else 0
         self.assemble = windows.WindowAssembler(data, self.groups, self.window,
                                                 cfg.representation, window_samples)

@@ -97,8 +97,10 @@ class WindowAssembler:
             self._audio = tf.constant(data.audio)
             self._audio_offset = tf.constant(data.audio_offset)
 
-    def _paint(self, rec: tf.Tensor, start: tf.Tensor, channel: tf.Tensor, num_channels: int):
-        """(roll, onsets) uint8 [B, window, num_channels] for windows (rec, start frame)."""
+    def _paint(self, rec: tf.Tensor, start: tf.Tensor, channel: tf.Tensor, num_channels: int,
+               transpose: tf.Tensor | None = None):
+        """(roll, onsets) uint8 [B, window, num_channels] for windows (rec, start frame), each
+        window's notes moved by `transpose` [B] semitones (those it moves out of 0..127 dropped)."""
         window, batch = self.window, tf.shape(rec, out_type=tf.int64)[0]
         base = rec * self._stride + start
         lo = tf.searchsorted(self._key, base - tf.gather(self._longest, rec), side="left")
@@ -110,6 +112,11 @@ class WindowAssembler:
         keep = (offset > 0) & (onset < window)
         note, row, onset, offset = (tf.boolean_mask(t, keep) for t in (note, row, onset, offset))
         ch = tf.gather(channel, note)
+        if transpose is not None:
+            moved = ch % NUM_PITCHES + tf.gather(transpose, row)
+            inside = (moved >= 0) & (moved < NUM_PITCHES)
+            ch = ch + tf.gather(transpose, row)
+            row, onset, offset, ch = (tf.boolean_mask(t, inside) for t in (row, onset, offset, ch))
         # Paint each note's frames directly: ~notes x length cells, far fewer than B*T*C.
         frames = tf.ragged.range(tf.maximum(onset, 0), tf.minimum(offset, window))
         owner = frames.value_rowids()
@@ -122,8 +129,10 @@ class WindowAssembler:
         onsets = tf.tensor_scatter_nd_update(zeros, heads, tf.ones_like(heads[:, 0], tf.uint8))
         return roll, onsets
 
-    def __call__(self, rec: tf.Tensor, start: tf.Tensor) -> dict[str, tf.Tensor]:
-        """The batch for window indices: rec, start (frames) int64 [B]."""
+    def __call__(self, rec: tf.Tensor, start: tf.Tensor,
+                 transpose: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """The batch for window indices: rec, start (frames) int64 [B]; piano-roll windows
+        transposed by `transpose` int64 [B] semitones if given."""
         batch = {
             "recording_id": tf.gather(self._ids, rec),
             "composer": tf.gather(self._composer, rec),
@@ -132,7 +141,7 @@ class WindowAssembler:
         }
         if self.representation == "pianoroll":
             batch["inputs"], batch["onsets"] = self._paint(rec, start, self._channel,
-                                                           self.num_channels)
+                                                           self.num_channels, transpose)
         else:
             first = tf.gather(self._audio_offset, rec) + tf.cast(
                 tf.round(tf.cast(start, tf.float64) * (self.sample_rate / self.frame_rate)),

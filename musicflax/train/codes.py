@@ -51,24 +51,29 @@ class CodeSet:
 
 def encode_split(vqvae_run, split: str, level: int = 0,
                  data: ml_collections.ConfigDict | None = None,
-                 batch_size: int = 64) -> CodeSet:
+                 batch_size: int = 64, transpose: int = 0) -> CodeSet:
     """Loads the cache for (checkpoint, level, dataset, split), or encodes the split and
     writes it. `vqvae_run` is an opened VQ-VAE run (musicflax.train.run.Run); `data`
-    evaluates other data than the run's own (same windows)."""
+    evaluates other data than the run's own (same windows); `transpose` encodes the split's
+    piano-rolls moved by that many semitones."""
     config, task, state = vqvae_run.config, vqvae_run.task, vqvae_run.state
     step = int(state.step)
     data_cfg = ml_collections.ConfigDict((data or config.data).to_dict())
     data_cfg.eval_hop_frames = 0  # non-overlapping windows tile each recording
     builder = input_pipeline.get_builder(data_cfg)
     windows = input_pipeline.create_windows(data_cfg, split, train=False, builder=builder)
+    windows.transpose = int(transpose)
     fingerprint = {
         "format": 2,  # 2: tokens of residual-VQ stages, vocab_size
         "vqvae_config": identity.config_hash(config), "step": step, "level": level, "split": split,
         "window": windows.window, "dataset": builder.info.metadata["fingerprint"],
         "ids": windows.data.ids.tolist(),
     }
+    moved = ""
+    if transpose:
+        fingerprint["transpose"] = moved = f"{int(transpose):+d}"
     path = (epath.Path(vqvae_run.workdir) / "codes" / f"step_{step}" /
-            builder.builder_config.name / f"level{level}_{split}.npz")
+            builder.builder_config.name / f"level{level}_{split}{moved}.npz")
     if path.exists():
         with path.open("rb") as f:
             cached = dict(np.load(f, allow_pickle=False))
@@ -107,6 +112,17 @@ def encode_split(vqvae_run, split: str, level: int = 0,
         logging.info("encoded %s (%d recordings, %d codes) -> %s", split, len(sequences),
                      len(arrays["codes"]), path)
     return _codeset(arrays)
+
+
+def concatenate(codesets: list[CodeSet]) -> CodeSet:
+    """One CodeSet holding the recordings of all of `codesets` (the same level's), in order."""
+    first = codesets[0]
+    lengths = np.concatenate([np.diff(c.offsets) for c in codesets])
+    return dataclasses.replace(
+        first, codes=np.concatenate([c.codes for c in codesets]),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        **{k: np.concatenate([getattr(c, k) for c in codesets])
+           for k in ("ids", "composer", "ensemble")})
 
 
 def _codeset(arrays: Mapping[str, np.ndarray]) -> CodeSet:

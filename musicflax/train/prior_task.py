@@ -33,7 +33,11 @@ class PriorTask(PriorModel, Task):
             raise app.UserError(f"prior.level={self.level}: the VQ-VAE has levels "
                                 f"0..{len(hops) - 1}")
         self._codes = {}
-        self.train_codes = self.codes("train")
+        self.pitch_shift = int(config.prior.get("pitch_shift", 0))
+        if self.pitch_shift and vqvae_run.config.data.representation != "pianoroll":
+            raise app.UserError("prior.pitch_shift transposes piano-rolls; this VQ-VAE reads "
+                                f"{vqvae_run.config.data.representation}s")
+        self.train_codes = self.training_codes(self.level)
         self.vocab = self.train_codes.vocab
         self.codes_per_second = self.train_codes.codes_per_second
         upper_vocab, self.upper_hop = 0, 1
@@ -41,7 +45,7 @@ class PriorTask(PriorModel, Task):
             if self.upper_level != self.level + 1 or self.upper_level >= len(hops):
                 raise app.UserError(f"prior.upper_level={self.upper_level}: an upsampler of "
                                     f"level {self.level} reads level {self.level + 1}")
-            upper = self.codes("train", level=self.upper_level)
+            upper = self.training_codes(self.upper_level)
             if upper.stages != 1:
                 raise app.UserError(f"level {self.upper_level} has {upper.stages} codes a "
                                     "position (residual VQ): an upsampler reads one")
@@ -67,6 +71,19 @@ class PriorTask(PriorModel, Task):
             self._codes[key] = codes.encode_split(self.vqvae, split, level, data)
         return self._codes[key]
 
+    def training_codes(self, level: int) -> codes.CodeSet:
+        """What the prior trains on at a level: the train split's codes, and with
+        prior.pitch_shift those of its transpositions after them."""
+        if not self.pitch_shift:
+            return self.codes("train", level=level)
+        key = ("train", level, "transposed")
+        if key not in self._codes:
+            self._codes[key] = codes.concatenate(
+                [self.codes("train", level=level)] +
+                [codes.encode_split(self.vqvae, "train", level, transpose=t)
+                 for t in range(-self.pitch_shift, self.pitch_shift + 1) if t])
+        return self._codes[key]
+
     def codesets(self) -> list[codes.CodeSet]:
         return [self.codes(s) for s in ("train", "validation")]
 
@@ -77,9 +94,13 @@ class PriorTask(PriorModel, Task):
 
     def _windows(self, split: str, hop: int, train: bool,
                  data: ml_collections.ConfigDict | None = None) -> input_pipeline.CodeWindows:
-        upper = self.codes(split, data, self.upper_level) if self.upper_level >= 0 else None
-        return input_pipeline.CodeWindows(self.codes(split, data), self.length, hop, train,
-                                          upper, self.upper_hop)
+        if train:
+            main = self.train_codes
+            upper = self.training_codes(self.upper_level) if self.upper_level >= 0 else None
+        else:
+            main = self.codes(split, data)
+            upper = self.codes(split, data, self.upper_level) if self.upper_level >= 0 else None
+        return input_pipeline.CodeWindows(main, self.length, hop, train, upper, self.upper_hop)
 
     # -- evaluation ------------------------------------------------------------------------
     def eval_windows(self, split: str, data: ml_collections.ConfigDict | None = None
