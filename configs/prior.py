@@ -27,8 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         level=0,            # which VQ-VAE level the prior models
         upper_level=-1,     # -1: a top-level prior; level + 1: an upsampler reading that level
         train_hop=8,        # spacing of training crops (codes)
-        # Piano-roll VQ-VAEs: also train on the train split transposed by each of -k..k
-        # semitones (2k + 1 copies of its codes; the VQ-VAE should have seen data.pitch_shift).
+        # Piano-roll VQ-VAEs: also train on the codes of the train split transposed by each
+        # of -k..k semitones (2k + 1 copies).
         pitch_shift=0,
     ))
     # vocab_size and the conditioning vocabularies come from the VQ-VAE and its dataset.

@@ -197,12 +197,12 @@ class TableStream:
             raise musicnet.DataError(f"no window of {self.window} {what} fits in any recording of the "
                              "split; use shorter windows")
 
-    def _cut(self, rec: tf.Tensor, start: tf.Tensor, shift: tf.Tensor | None = None):
-        """`assemble`, moving the windows by `transpose` (+ `shift` [B]) semitones if any."""
-        if not self.transpose and shift is None:
+    def _cut(self, rec: tf.Tensor, start: tf.Tensor, semitones: tf.Tensor | None = None):
+        """`assemble`, moving the windows by `transpose` (+ `semitones` [B]) if either is set."""
+        if not self.transpose and semitones is None:
             return self.assemble(rec, start)
         moves = tf.fill(tf.shape(rec), tf.constant(self.transpose, tf.int64))
-        return self.assemble(rec, start, moves if shift is None else moves + shift)
+        return self.assemble(rec, start, moves if semitones is None else moves + semitones)
 
     def _dataset(self, steps: tf.data.Dataset, batch_fn) -> tf.data.Dataset:
         options = tf.data.Options()
@@ -231,11 +231,11 @@ class TableStream:
                 shift = shuffled_position(k, seed, epoch, 1, n - 1) % (self.hop // align)
                 last = (tf.gather(num_frames, rec) - self.window) // align * align
                 start = tf.minimum(start + shift * align, last)
-            shift = None
+            semitones = None
             if self.pitch_shift:
-                shift = shuffled_position(k, seed, epoch, 2, n - 1) % (2 * self.pitch_shift + 1) \
-                    - self.pitch_shift
-            batch = self._cut(rec, start, shift)
+                semitones = shuffled_position(k, seed, epoch, 2, n - 1) % (
+                    2 * self.pitch_shift + 1) - self.pitch_shift
+            batch = self._cut(rec, start, semitones)
             batch["mask"] = tf.ones([rows], tf.bool)
             return batch
 

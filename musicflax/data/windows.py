@@ -113,9 +113,9 @@ class WindowAssembler:
         note, row, onset, offset = (tf.boolean_mask(t, keep) for t in (note, row, onset, offset))
         ch = tf.gather(channel, note)
         if transpose is not None:
-            moved = ch % NUM_PITCHES + tf.gather(transpose, row)
-            inside = (moved >= 0) & (moved < NUM_PITCHES)
-            ch = ch + tf.gather(transpose, row)
+            move = tf.gather(transpose, row)
+            inside = (ch % NUM_PITCHES + move >= 0) & (ch % NUM_PITCHES + move < NUM_PITCHES)
+            ch = ch + move
             row, onset, offset, ch = (tf.boolean_mask(t, inside) for t in (row, onset, offset, ch))
         # Paint each note's frames directly: ~notes x length cells, far fewer than B*T*C.
         frames = tf.ragged.range(tf.maximum(onset, 0), tf.minimum(offset, window))
