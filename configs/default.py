@@ -82,6 +82,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.decode = ml_collections.ConfigDict(dict(onset_radius=1, onset_threshold=0.5,
                                                    max_gap_frames=4))
 
+    # How codes are chosen wherever the model encodes (validation, code caches for priors,
+    # musicflax.encode): the nearest code to each encoder output (search_candidates 0, as
+    # training assigns them), or analysis-by-synthesis (musicflax.models.search): each
+    # position's k nearest codes tried in turn, search_sweeps passes, keeping those whose
+    # decoding has the lowest loss. Same rate; encoding costs k x sweeps decodes a position.
+    config.encode = ml_collections.ConfigDict(dict(search_candidates=0, search_sweeps=2))
+
     # Evaluators run at every validation (musicflax.eval.evaluators; configs/eval.py runs more
     # of them offline). Their keys are TensorBoard's validation/<evaluator>/<key>.
     config.evals = ml_collections.ConfigDict(dict(

@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         source="", tfds_data_dir="", split_scheme="", split_lists="", validation_fraction=0.0,
         test_fraction=0.0, instrument_groups="", audio_source="", soundfont="",
         on_bad_row=""))
+    # The VQ-VAE's `encode` settings for this evaluation (-1: as the run was trained), e.g.
+    # --config.encode.search_candidates=8 scores codes found by analysis-by-synthesis.
+    config.encode = ml_collections.ConfigDict(dict(search_candidates=-1, search_sweeps=-1))
     config.evals = ml_collections.ConfigDict(dict(
         loss=dict(enabled=True),
         codebook=dict(enabled=True),

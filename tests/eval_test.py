@@ -212,6 +212,25 @@ def test_a_second_report_never_overwrites_the_first(runs, report):
     assert new.name == f"validation.{len(before) + 1}" and (new / "report.json").exists()
 
 
+def test_code_search_at_evaluation_is_recorded_and_lowers_the_reconstruction_loss(runs, report):
+    root, _ = runs
+    plain, _ = report
+    proc = run_eval(f"--workdir={root / 'vqvae'}", "--config.encode.search_candidates=4",
+                    "--config.encode.search_sweeps=1", *[f"--config.evals.{e}.enabled=False"
+                                                         for e in ("probes", "latent_space",
+                                                                   "prior", "generated")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = max((root / "vqvae" / "eval" / "30").glob("validation*"),
+                 key=lambda p: p.stat().st_mtime)
+    searched = json.loads((folder / "report.json").read_text())
+    assert plain["encode"] == {"search_candidates": 0, "search_sweeps": 2}
+    assert searched["encode"] == {"search_candidates": 4, "search_sweeps": 1}
+    assert searched["loss"]["recon_loss"] < plain["loss"]["recon_loss"]
+    # The codes change, the encoder's commitment (to its nearest codes) does not.
+    assert searched["loss"]["commit_loss"] == pytest.approx(plain["loss"]["commit_loss"],
+                                                            rel=1e-6)
+
+
 def test_clear_errors_for_missing_workdir_and_corrupt_checkpoint(runs, tmp_path):
     root, _ = runs
     proc = run_eval(f"--workdir={tmp_path / 'nowhere'}")

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from musicflax.models import layers, losses, quantizers, vqvae
+from musicflax.models import layers, losses, quantizers, search, vqvae
 
 PIANOROLL = (2, 128, 32)
 WAVEFORM = (2, 1024, 1)
@@ -306,6 +306,93 @@ def test_restarts_are_deterministic_for_a_fixed_rng():
     *_, other = restart_run(jax.random.key(1))
     jax.tree.map(np.testing.assert_array_equal, first, again)
     assert not np.array_equal(first["codebook"]["embedding"], other["codebook"]["embedding"])
+
+
+# ---------------------------------------------------------------------------- code search
+
+def test_candidates_are_the_k_nearest_codes_nearest_first():
+    z, embedding = normal((1, 6, 3), seed=0), normal((10, 3), seed=1)
+    q = quantizers.EMAVectorQuantizer(codebook_size=10, code_dim=3)
+    variables = quantizer_state(q, z, embedding, [1.0] * 10)
+    got = q.apply(variables, z, 4, method="candidates")
+    distances = np.sum((np.asarray(z)[0, :, None] - np.asarray(embedding)[None]) ** 2, -1)
+    np.testing.assert_array_equal(got[0], np.argsort(distances, axis=1)[:, :4])
+
+
+def test_search_picks_each_positions_cheapest_code_when_positions_do_not_interact():
+    rng = np.random.default_rng(0)
+    cost = jnp.asarray(rng.normal(size=(3, 5, 6)), jnp.float32)  # [B, T, code]
+    candidates = jnp.asarray(np.stack([np.stack([rng.permutation(6) for _ in range(5)])
+                                       for _ in range(3)]))      # every code, shuffled
+
+    def window_loss(trial):  # [B, k, T] -> [B, k]
+        return jnp.take_along_axis(cost[:, None], trial[..., None], -1)[..., 0].sum(-1)
+
+    got = search.refine_codes(window_loss, candidates, sweeps=1)
+    np.testing.assert_array_equal(got, np.argmin(cost, -1))
+
+
+def test_search_ends_where_no_single_change_helps_and_never_raises_the_loss():
+    rng = np.random.default_rng(1)
+    unary = rng.normal(size=(2, 6, 4))
+    pair = rng.normal(size=(4, 4))  # neighbours interact, so positions must be revisited
+
+    def loss(codes):  # numpy, [T] -> float
+        return unary[b, np.arange(6), codes].sum() + pair[codes[:-1], codes[1:]].sum()
+
+    def window_loss(trial):
+        u = jnp.take_along_axis(jnp.asarray(unary, jnp.float32)[:, None], trial[..., None],
+                                -1)[..., 0].sum(-1)
+        return u + jnp.asarray(pair, jnp.float32)[trial[..., :-1], trial[..., 1:]].sum(-1)
+
+    candidates = jnp.asarray(np.tile(np.arange(4), (2, 6, 1)))
+    got = np.asarray(search.refine_codes(window_loss, candidates, sweeps=6))
+    for b in range(2):
+        start = loss(np.zeros(6, int))
+        assert loss(got[b]) <= start
+        for t in range(6):
+            for code in range(4):
+                moved = got[b].copy()
+                moved[t] = code
+                assert loss(moved) >= loss(got[b]) - 1e-5
+
+
+def searched_outputs(candidates: int, quantizer_type: str = "ema_vq"):
+    from configs import default  # pylint: disable=g-import-not-at-top
+    from musicflax.train.vqvae_model import VQVAEModel  # pylint: disable=g-import-not-at-top
+    config = default.get_config("runlocal")
+    config.model.update(width=16)
+    config.model.quantizer.update(type=quantizer_type, codebook_size=16, code_dim=4, stages=2)
+    config.encode.update(search_candidates=candidates, search_sweeps=2)
+    task = VQVAEModel(config)
+    params, state = task.init(jax.random.key(0))
+    rolls = synthetic_rolls((3, 128, 2 * task.num_channels), notes=20)["inputs"]
+    channels = task.num_channels
+    batch = {"inputs": rolls[..., :channels].astype(jnp.uint8),
+             "onsets": rolls[..., channels:].astype(jnp.uint8)}
+    return task, params, state, batch, jax.jit(task.eval_outputs)(params, state, batch)
+
+
+def test_search_of_one_candidate_is_the_nearest_code_and_more_lower_every_windows_loss():
+    task, params, state, batch, plain = searched_outputs(0)
+    _, _, _, _, one = searched_outputs(1)
+    _, _, _, _, searched = searched_outputs(4)
+    np.testing.assert_array_equal(one["codes0"], plain["codes0"])
+    np.testing.assert_array_equal(one["loss/recon_loss"], plain["loss/recon_loss"])
+    assert np.all(searched["loss/recon_loss"] <= plain["loss/recon_loss"] + 1e-6)
+    assert np.any(searched["codes0"] != plain["codes0"])
+    # The reported codes are the ones decoded, and each is among its position's 4 nearest.
+    _, _, _, _, again = searched_outputs(4)
+    np.testing.assert_array_equal(again["codes0"], searched["codes0"])
+    variables = {"params": params, **state}
+    x = task.model_inputs(batch)
+    near = task.model.apply(variables, x, 0, 4, method="candidates")
+    assert np.all(np.any(np.asarray(near) == np.asarray(searched["codes0"])[..., None], -1))
+
+
+def test_search_needs_plain_vq_levels():
+    with pytest.raises(ValueError, match="encode.search_candidates needs 'ema_vq'"):
+        searched_outputs(4, quantizer_type="rvq")
 
 
 # ---------------------------------------------------------------------------- FSQ

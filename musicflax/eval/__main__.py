@@ -118,6 +118,9 @@ def main(argv):
                             "workdir and pass the prior as --config.evals.prior.workdir")
     evaluated = ml_collections.ConfigDict(config.to_dict())
     evaluated.data = data_for_eval(config.data, eval_config.get("data"))
+    encode = {"search_candidates": 0, "search_sweeps": 2, **config.get("encode", {})}
+    encode.update({k: v for k, v in eval_config.get("encode", {}).items() if v >= 0})
+    evaluated.encode = encode
     devices = jax.local_devices()
     vqvae = run.open_run(workdir, _STEP.value, config=evaluated, devices=devices)
     step = int(vqvae.state.step)
@@ -140,6 +143,7 @@ def main(argv):
         "sample_rate": data.sample_rate if data.representation == "waveform" else None,
         "window_frames": windows.window, "window_seconds": windows.window / data.frame_rate,
         "split_ids": windows.data.ids.tolist(), "windows": len(windows),
+        "encode": evaluated.encode.to_dict(),
     }
     for name, section in evaluators.evaluate(ctx, eval_config.evals).items():
         logging.info("evaluator %s done", name)

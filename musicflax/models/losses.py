@@ -97,6 +97,19 @@ def waveform_loss(pred: jax.Array, target: jax.Array,
     return loss, {"l2": l2, "spectral_convergence": convergence, "log_magnitude": log_magnitude}
 
 
+def reconstruction_loss(output: jax.Array, batch: Mapping[str, jax.Array],
+                        config: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One level's reconstruction loss per window [B] and its parts (see `window_losses`)."""
+    kind, weights = config["output"], config["loss"]
+    if kind == "bernoulli":
+        return pianoroll_loss(output, batch["inputs"], batch["onset_channels"],
+                              weights["onset_weight"])
+    if kind == "waveform":
+        return waveform_loss(output, batch["inputs"], weights["stft_resolutions"],
+                             weights["spectral_weight"])
+    raise ValueError(f"unknown output {kind!r} (expected 'bernoulli' or 'waveform')")
+
+
 def window_losses(outputs: Sequence[jax.Array], batch: Mapping[str, jax.Array],
                   aux: Mapping[str, Any], config: Mapping[str, Any]
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -107,18 +120,9 @@ def window_losses(outputs: Sequence[jax.Array], batch: Mapping[str, jax.Array],
     per-window `commit_losses` (one [B] per level). Parts: recon_loss, commit_loss and per
     level `level{l}/...` (recon, commit and the loss parts), each [B].
     """
-    output, weights = config["output"], config["loss"]
-    inputs = batch["inputs"]
     parts, recon_loss = {}, 0.0
     for level, out in enumerate(outputs):
-        if output == "bernoulli":
-            recon, level_parts = pianoroll_loss(out, inputs, batch["onset_channels"],
-                                                weights["onset_weight"])
-        elif output == "waveform":
-            recon, level_parts = waveform_loss(out, inputs, weights["stft_resolutions"],
-                                               weights["spectral_weight"])
-        else:
-            raise ValueError(f"unknown output {output!r} (expected 'bernoulli' or 'waveform')")
+        recon, level_parts = reconstruction_loss(out, batch, config)
         recon_loss += recon
         parts.update({f"level{level}/{k}": v for k, v in
                       {"recon": recon, "commit": aux["commit_losses"][level], **level_parts}.items()})

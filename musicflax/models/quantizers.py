@@ -43,14 +43,24 @@ def usage_stats(codes: jax.Array, codebook_size: int, ema_counts: jax.Array | No
     return metrics.codebook_stats(counts, ema_counts, threshold)
 
 
-def nearest_codes(flat: jax.Array, embedding: jax.Array) -> jax.Array:
-    """Index of the closest codebook row (squared Euclidean) for each row of `flat` [N, D]."""
+def _distances(flat: jax.Array, embedding: jax.Array) -> jax.Array:
+    """Squared Euclidean distances [N, K] from each row of `flat` [N, D] to each code."""
     # Full float32 matmul: the default (bf16-pass) precision on accelerators can flip the
     # choice between nearby codes.
     cross = jnp.matmul(flat, embedding.T, precision=lax.Precision.HIGHEST)
-    distances = (jnp.sum(flat ** 2, axis=1, keepdims=True) - 2 * cross
-                 + jnp.sum(embedding ** 2, axis=1))
-    return jnp.argmin(distances, axis=1).astype(jnp.int32)
+    return (jnp.sum(flat ** 2, axis=1, keepdims=True) - 2 * cross
+            + jnp.sum(embedding ** 2, axis=1))
+
+
+def nearest_codes(flat: jax.Array, embedding: jax.Array) -> jax.Array:
+    """Index of the closest codebook row (squared Euclidean) for each row of `flat` [N, D]."""
+    return jnp.argmin(_distances(flat, embedding), axis=1).astype(jnp.int32)
+
+
+def candidate_codes(flat: jax.Array, embedding: jax.Array, k: int) -> jax.Array:
+    """The `k` closest codes [N, k] of each row of `flat`, nearest first."""
+    _, codes = lax.top_k(-_distances(flat, embedding), k)
+    return codes.astype(jnp.int32)
 
 
 def random_rows(key: jax.Array, flat: jax.Array, n: int) -> jax.Array:
@@ -116,6 +126,11 @@ class EMAVectorQuantizer(_EMACodebookFields):
 
     def lookup(self, codes: jax.Array) -> jax.Array:
         return jnp.take(self.embedding.value, codes, axis=0)
+
+    def candidates(self, z: jax.Array, k: int) -> jax.Array:
+        """The `k` codes closest to each vector of `z` [B, T, D]: [B, T, k], nearest first."""
+        flat = z.astype(jnp.float32).reshape(-1, self.code_dim)
+        return candidate_codes(flat, self.embedding.value, k).reshape(*z.shape[:-1], k)
 
     def __call__(self, z: jax.Array, train: bool) -> QuantizerOutput:
         flat = z.astype(jnp.float32).reshape(-1, self.code_dim)

@@ -27,7 +27,7 @@ import ml_collections
 from musicflax.models import build
 from musicflax.models.layers import Decoder, Encoder
 from musicflax.models.losses import STFT_RESOLUTIONS
-from musicflax.models.quantizers import make_quantizer
+from musicflax.models.quantizers import EMAVectorQuantizer, make_quantizer
 
 # Entries of the model config that configure the loss rather than the module.
 LOSS_ENTRIES = ("output", "loss")
@@ -183,6 +183,15 @@ class VQVAE(nn.Module):
         """Codes per level, int32 [B, T / hop]; never updates the codebook."""
         x = self._check_input(x)
         return [q(enc(x), train=False).codes for enc, q in zip(self.encoders, self.quantizers)]
+
+    def candidates(self, x: jax.Array, level: int, k: int) -> jax.Array:
+        """The `k` codes nearest each encoder output of `level`, [B, T / hop, k], nearest
+        first (what `models.search.refine_codes` chooses from); EMA-VQ levels only."""
+        quantizer = self.quantizers[level]
+        if not isinstance(quantizer, EMAVectorQuantizer):
+            raise ValueError(f"code search needs an 'ema_vq' quantizer; level {level} has "
+                             f"{self.quantizer_of(level)['type']!r}")
+        return quantizer.candidates(self.encoders[level](self._check_input(x)), k)
 
     def decode(self, codes: jax.Array | Sequence[jax.Array], level: int | None = None):
         """One level's codes [B, T_l] -> its output [B, T, C]; with `level=None`, a list of

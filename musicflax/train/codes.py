@@ -80,9 +80,7 @@ def encode_split(vqvae_run, split: str, level: int = 0,
         if json.loads(str(cached["fingerprint"])) == fingerprint:
             return _codeset(cached)
         logging.warning("%s does not match the checkpoint or data asked for: rebuilding", path)
-    encode = jax.jit(lambda params, batch: task.model.apply(
-        {"params": params, **state.model_state}, task.model_inputs(batch),
-        method="encode")[level])
+    encode = jax.jit(lambda params, batch: task.encode(params, state.model_state, batch)[level])
     rows = []
     for batch in input_pipeline.as_numpy(windows.eval_dataset(batch_size)):
         rows.extend(np.asarray(encode(state.params, batch))[batch["mask"]])

@@ -18,7 +18,7 @@ import numpy as np
 
 from musicflax.audio import midi
 from musicflax.data import instruments
-from musicflax.models import losses, metrics, vqvae
+from musicflax.models import losses, metrics, search, vqvae
 
 
 class VQVAEModel:
@@ -37,6 +37,20 @@ class VQVAEModel:
         # Codes per position: residual VQ gives `stages` of them ([B, T, stages]).
         self.level_stages = [int(q["stages"]) if q["type"] == "rvq" else 1 for q in specs]
         self.codebook_size, self.stages = self.codebook_sizes[0], self.level_stages[0]
+        search = config.get("encode", {})
+        self.search_candidates = int(search.get("search_candidates", 0))
+        self.search_sweeps = int(search.get("search_sweeps", 0))
+        if self.search_candidates:
+            if self.search_candidates < 0 or self.search_sweeps < 1:
+                raise ValueError(f"encode.search_candidates={self.search_candidates} and "
+                                 f"search_sweeps={self.search_sweeps}: need >= 0 and >= 1")
+            for level, q in enumerate(specs):
+                if q["type"] != "ema_vq":
+                    raise ValueError(f"encode.search_candidates needs 'ema_vq' quantizers; "
+                                     f"level {level} has {q['type']!r}")
+                if self.search_candidates > q["codebook_size"]:
+                    raise ValueError(f"encode.search_candidates={self.search_candidates} "
+                                     f"exceeds level {level}'s {q['codebook_size']} codes")
         if self.representation == "pianoroll":
             self.best_metric, self.best_mode = "reconstruction/note_onset_f1", "max"
         else:
@@ -93,6 +107,28 @@ class VQVAEModel:
         loss, parts = losses.vqvae_loss(outputs, self._targets(batch), aux, self.config.model)
         return loss, (parts, new_state)
 
+    def encode(self, params, model_state, batch) -> list[jax.Array]:
+        """Per level, the codes of the batch's windows: the nearest codes, or with
+        `config.encode.search_candidates` k > 0 the codes `models.search.refine_codes`
+        finds among each position's k nearest (`search_sweeps` passes) for the lowest
+        reconstruction loss of that level."""
+        variables = {"params": params, **model_state}
+        x = self.model_inputs(batch)
+        if not self.search_candidates:
+            return self.model.apply(variables, x, method="encode")
+        k, targets = self.search_candidates, self._targets(batch)
+        repeated = {**targets, "inputs": jnp.repeat(targets["inputs"], k, axis=0)}
+        out = []
+        for level in range(self.model.levels):
+            def window_loss(trial, level=level):
+                decoded = self.model.apply(variables, trial.reshape(-1, trial.shape[-1]),
+                                           level, method="decode")
+                loss, _ = losses.reconstruction_loss(decoded, repeated, self.config.model)
+                return loss.reshape(trial.shape[:2])
+            candidates = self.model.apply(variables, x, level, k, method="candidates")
+            out.append(search.refine_codes(window_loss, candidates, self.search_sweeps))
+        return out
+
     # -- evaluation ------------------------------------------------------------------------
     def predicted_rolls(self, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(roll, onsets) booleans from piano-roll logits [B, T, 2C]: the roll where a note is
@@ -113,6 +149,14 @@ class VQVAEModel:
         the predicted roll and onsets with their in-jit counts (piano-rolls) or the
         reconstructed wave and the latents per code (waveforms)."""
         outputs, aux, _ = self._apply(params, model_state, batch, None, train=False)
+        if self.search_candidates:  # decode the searched codes instead (commitment as is)
+            variables = {"params": params, **model_state}
+            codes = self.encode(params, model_state, batch)
+            aux = {**aux, "codes": codes, "latents": [
+                self.model.apply(variables, c, method=lambda m, c, i=i: m.quantizers[i].lookup(c))
+                for i, c in enumerate(codes)]}
+            outputs = [self.model.apply(variables, c, i, method="decode")
+                       for i, c in enumerate(codes)]
         loss, parts = losses.window_losses(outputs, self._targets(batch), aux,
                                            self.config.model)
         out = {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}}
