@@ -87,6 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # training assigns them), or analysis-by-synthesis (musicflax.models.search): each
     # position's k nearest codes tried in turn, search_sweeps passes, keeping those whose
     # decoding has the lowest loss. Same rate; encoding costs k x sweeps decodes a position.
+    # k 8, 2 sweeps: onset F1 0.924 -> 0.968 here; at hop 2 (onset weight 30, lr 1e-2, half
+    # the bits/s) 0.900 -> 0.927.
     config.encode = ml_collections.ConfigDict(dict(search_candidates=0, search_sweeps=2))
 
     # Evaluators run at every validation (musicflax.eval.evaluators; configs/eval.py runs more
