@@ -155,6 +155,10 @@ def plot(rows: list[dict], reference: float, path: str) -> None:
         axes.annotate(r["entry"], (r["bits_max"], r["onset_f1"]), fontsize=7,
                       xytext=(3, 3), textcoords="offset points")
     axes.axvline(reference, color="grey", linestyle="--", label="note-event stream")
+    default = [r["onset_f1"] for r in rows if r["entry"] == "hop1"]
+    if default:  # the bar: the default's onset F1, at half its rate
+        axes.axhline(default[0], color="tab:blue", linestyle=":", linewidth=1,
+                     label="onset F1 of hop1 (the default)")
     axes.set_xscale("log")
     axes.set_xlabel("bits per second of music (codes x log2 K)")
     axes.set_ylabel("F1 on the validation split")

@@ -373,26 +373,28 @@ def searched_outputs(candidates: int, quantizer_type: str = "ema_vq"):
     return task, params, state, batch, jax.jit(task.eval_outputs)(params, state, batch)
 
 
-def test_search_of_one_candidate_is_the_nearest_code_and_more_lower_every_windows_loss():
-    task, params, state, batch, plain = searched_outputs(0)
-    _, _, _, _, one = searched_outputs(1)
-    _, _, _, _, searched = searched_outputs(4)
+@pytest.mark.parametrize("quantizer", ["ema_vq", "rvq"])
+def test_search_of_one_candidate_is_the_nearest_code_and_more_lower_every_windows_loss(
+        quantizer):
+    task, params, state, batch, plain = searched_outputs(0, quantizer)
+    _, _, _, _, one = searched_outputs(1, quantizer)
+    _, _, _, _, searched = searched_outputs(4, quantizer)
     np.testing.assert_array_equal(one["codes0"], plain["codes0"])
     np.testing.assert_array_equal(one["loss/recon_loss"], plain["loss/recon_loss"])
     assert np.all(searched["loss/recon_loss"] <= plain["loss/recon_loss"] + 1e-6)
     assert np.any(searched["codes0"] != plain["codes0"])
-    # The reported codes are the ones decoded, and each is among its position's 4 nearest.
-    _, _, _, _, again = searched_outputs(4)
-    np.testing.assert_array_equal(again["codes0"], searched["codes0"])
+    # Each code is among its position's (and stage's) 4 candidates.
     variables = {"params": params, **state}
-    x = task.model_inputs(batch)
-    near = task.model.apply(variables, x, 0, 4, method="candidates")
+    near = task.model.apply(variables, task.model_inputs(batch), 0, 4, method="candidates")
+    assert near.shape == (*searched["codes0"].shape, 4)
     assert np.all(np.any(np.asarray(near) == np.asarray(searched["codes0"])[..., None], -1))
+    # The nearest candidates are the forward pass's codes.
+    np.testing.assert_array_equal(near[..., 0], plain["codes0"])
 
 
-def test_search_needs_plain_vq_levels():
-    with pytest.raises(ValueError, match="encode.search_candidates needs 'ema_vq'"):
-        searched_outputs(4, quantizer_type="rvq")
+def test_search_refuses_fsq_levels():
+    with pytest.raises(ValueError, match="encode.search_candidates needs 'ema_vq' or 'rvq'"):
+        searched_outputs(4, quantizer_type="fsq")
 
 
 # ---------------------------------------------------------------------------- FSQ

@@ -275,6 +275,15 @@ class ResidualVQ(_EMACodebookFields):
         return sum(q.lookup(codes[..., i]) for i, q in enumerate(self.stage_quantizers[
             :codes.shape[-1]]))
 
+    def candidates(self, z: jax.Array, k: int) -> jax.Array:
+        """Per stage, the `k` codes closest to what the nearest codes of the stages before
+        it leave of `z` [B, T, D]: [B, T, stages, k], nearest first."""
+        residual, out = z.astype(jnp.float32), []
+        for q in self.stage_quantizers:
+            out.append(q.candidates(residual, k))
+            residual = residual - q.lookup(out[-1][..., 0])
+        return jnp.stack(out, axis=-2)
+
     def __call__(self, z: jax.Array, train: bool) -> QuantizerOutput:
         z = z.astype(jnp.float32)
         keep = jnp.full(z.shape[:1], self.stages)

@@ -27,7 +27,7 @@ import ml_collections
 from musicflax.models import build
 from musicflax.models.layers import Decoder, Encoder
 from musicflax.models.losses import STFT_RESOLUTIONS
-from musicflax.models.quantizers import EMAVectorQuantizer, make_quantizer
+from musicflax.models.quantizers import EMAVectorQuantizer, ResidualVQ, make_quantizer
 
 # Entries of the model config that configure the loss rather than the module.
 LOSS_ENTRIES = ("output", "loss")
@@ -185,12 +185,14 @@ class VQVAE(nn.Module):
         return [q(enc(x), train=False).codes for enc, q in zip(self.encoders, self.quantizers)]
 
     def candidates(self, x: jax.Array, level: int, k: int) -> jax.Array:
-        """The `k` codes nearest each encoder output of `level`, [B, T / hop, k], nearest
-        first (what `models.search.refine_codes` chooses from); EMA-VQ levels only."""
+        """The `k` codes nearest each encoder output of `level`, nearest first (what
+        `models.search.refine_codes` chooses from): [B, T / hop, k], or [B, T / hop, stages,
+        k] for residual VQ (each stage's nearest to what the nearest codes before it
+        leave); VQ and residual-VQ levels only."""
         quantizer = self.quantizers[level]
-        if not isinstance(quantizer, EMAVectorQuantizer):
-            raise ValueError(f"code search needs an 'ema_vq' quantizer; level {level} has "
-                             f"{self.quantizer_of(level)['type']!r}")
+        if not isinstance(quantizer, (EMAVectorQuantizer, ResidualVQ)):
+            raise ValueError(f"code search needs an 'ema_vq' or 'rvq' quantizer; level "
+                             f"{level} has {self.quantizer_of(level)['type']!r}")
         return quantizer.candidates(self.encoders[level](self._check_input(x)), k)
 
     def decode(self, codes: jax.Array | Sequence[jax.Array], level: int | None = None):

@@ -45,9 +45,9 @@ class VQVAEModel:
                 raise ValueError(f"encode.search_candidates={self.search_candidates} and "
                                  f"search_sweeps={self.search_sweeps}: need >= 0 and >= 1")
             for level, q in enumerate(specs):
-                if q["type"] != "ema_vq":
-                    raise ValueError(f"encode.search_candidates needs 'ema_vq' quantizers; "
-                                     f"level {level} has {q['type']!r}")
+                if q["type"] not in ("ema_vq", "rvq"):
+                    raise ValueError(f"encode.search_candidates needs 'ema_vq' or 'rvq' "
+                                     f"quantizers; level {level} has {q['type']!r}")
                 if self.search_candidates > q["codebook_size"]:
                     raise ValueError(f"encode.search_candidates={self.search_candidates} "
                                      f"exceeds level {level}'s {q['codebook_size']} codes")
@@ -120,13 +120,18 @@ class VQVAEModel:
         repeated = {**targets, "inputs": jnp.repeat(targets["inputs"], k, axis=0)}
         out = []
         for level in range(self.model.levels):
-            def window_loss(trial, level=level):
-                decoded = self.model.apply(variables, trial.reshape(-1, trial.shape[-1]),
-                                           level, method="decode")
+            candidates = self.model.apply(variables, x, level, k, method="candidates")
+            # Residual VQ: every (position, stage) is one coordinate of the search.
+            shape = candidates.shape[1:-1]
+
+            def window_loss(trial, level=level, shape=shape):
+                decoded = self.model.apply(variables, trial.reshape(-1, *shape), level,
+                                           method="decode")
                 loss, _ = losses.reconstruction_loss(decoded, repeated, self.config.model)
                 return loss.reshape(trial.shape[:2])
-            candidates = self.model.apply(variables, x, level, k, method="candidates")
-            out.append(search.refine_codes(window_loss, candidates, self.search_sweeps))
+            found = search.refine_codes(
+                window_loss, candidates.reshape(len(candidates), -1, k), self.search_sweeps)
+            out.append(found.reshape(-1, *shape))
         return out
 
     # -- evaluation ------------------------------------------------------------------------
