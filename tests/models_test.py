@@ -392,8 +392,9 @@ def test_search_of_one_candidate_is_the_nearest_code_and_more_lower_every_window
     np.testing.assert_array_equal(near[..., 0], plain["codes0"])
 
 
-def test_search_refuses_fsq_levels():
-    with pytest.raises(ValueError, match="encode.search_candidates needs 'ema_vq' or 'rvq'"):
+def test_search_refuses_fsq_levels_in_one_line():
+    from musicflax import app  # pylint: disable=g-import-not-at-top
+    with pytest.raises(app.UserError, match="encode.search_candidates needs 'ema_vq' or 'rvq'"):
         searched_outputs(4, quantizer_type="fsq")
 
 

@@ -118,6 +118,7 @@ def main(argv):
                             "workdir and pass the prior as --config.evals.prior.workdir")
     evaluated = ml_collections.ConfigDict(config.to_dict())
     evaluated.data = data_for_eval(config.data, eval_config.get("data"))
+    # A run older than `config.encode` encoded by nearest codes (configs/default.py's values).
     encode = {"search_candidates": 0, "search_sweeps": 2, **config.get("encode", {})}
     encode.update({k: v for k, v in eval_config.get("encode", {}).items() if v >= 0})
     evaluated.encode = encode

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from musicflax import app
 from musicflax.audio import midi
 from musicflax.data import instruments
 from musicflax.models import losses, metrics, search, vqvae
@@ -37,20 +38,20 @@ class VQVAEModel:
         # Codes per position: residual VQ gives `stages` of them ([B, T, stages]).
         self.level_stages = [int(q["stages"]) if q["type"] == "rvq" else 1 for q in specs]
         self.codebook_size, self.stages = self.codebook_sizes[0], self.level_stages[0]
-        search = config.get("encode", {})
-        self.search_candidates = int(search.get("search_candidates", 0))
-        self.search_sweeps = int(search.get("search_sweeps", 0))
+        settings = config.get("encode", {})
+        self.search_candidates = int(settings.get("search_candidates", 0))
+        self.search_sweeps = int(settings.get("search_sweeps", 0))
         if self.search_candidates:
             if self.search_candidates < 0 or self.search_sweeps < 1:
-                raise ValueError(f"encode.search_candidates={self.search_candidates} and "
-                                 f"search_sweeps={self.search_sweeps}: need >= 0 and >= 1")
+                raise app.UserError(f"encode.search_candidates={self.search_candidates} and "
+                                    f"search_sweeps={self.search_sweeps}: need >= 0 and >= 1")
             for level, q in enumerate(specs):
                 if q["type"] not in ("ema_vq", "rvq"):
-                    raise ValueError(f"encode.search_candidates needs 'ema_vq' or 'rvq' "
-                                     f"quantizers; level {level} has {q['type']!r}")
+                    raise app.UserError(f"encode.search_candidates needs 'ema_vq' or 'rvq' "
+                                        f"quantizers; level {level} has {q['type']!r}")
                 if self.search_candidates > q["codebook_size"]:
-                    raise ValueError(f"encode.search_candidates={self.search_candidates} "
-                                     f"exceeds level {level}'s {q['codebook_size']} codes")
+                    raise app.UserError(f"encode.search_candidates={self.search_candidates} "
+                                        f"exceeds level {level}'s {q['codebook_size']} codes")
         if self.representation == "pianoroll":
             self.best_metric, self.best_mode = "reconstruction/note_onset_f1", "max"
         else:
