@@ -158,11 +158,12 @@ class VQVAEModel:
         if self.search_candidates:  # decode the searched codes instead (commitment as is)
             variables = {"params": params, **model_state}
             codes = self.encode(params, model_state, batch)
-            aux = {**aux, "codes": codes, "latents": [
-                self.model.apply(variables, c, method=lambda m, c, i=i: m.quantizers[i].lookup(c))
-                for i, c in enumerate(codes)]}
-            outputs = [self.model.apply(variables, c, i, method="decode")
+            latents = [self.model.apply(variables, c,
+                                        method=lambda m, c, i=i: m.quantizers[i].lookup(c))
                        for i, c in enumerate(codes)]
+            outputs = [self.model.apply(variables, v, i, method="decode_vectors")
+                       for i, v in enumerate(latents)]
+            aux = {**aux, "codes": codes, "latents": latents}
         loss, parts = losses.window_losses(outputs, self._targets(batch), aux,
                                            self.config.model)
         out = {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}}
